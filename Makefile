@@ -1,0 +1,44 @@
+# Two commands do all set-up on a fresh machine: `make serve` and `make test`.
+# Both bootstrap .venv, install the project and build the compiled core as needed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PYX    := $(wildcard src/streamcore/*.pyx src/streamcore/*.pxd)
+BUILT  := $(VENV)/.built
+
+.PHONY: serve test bench build lint typecheck clean
+
+serve: $(BUILT)
+	$(PY) -m app serve
+
+test: $(BUILT)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(BUILT)
+	$(PY) -m benchmarks.run
+
+build: $(BUILT)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "setuptools>=77" "cython>=3.0,<4" "numpy>=2.0"
+	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
+	touch $@
+
+# Rebuild the extension in place whenever a Cython source or the build script changes.
+$(BUILT): $(STAMP) $(PYX) setup.py
+	$(PY) setup.py --quiet build_ext --inplace
+	touch $@
+
+clean:
+	rm -rf build src/streamcore/*.so src/streamcore/*.c src/streamcore/*.html $(BUILT)

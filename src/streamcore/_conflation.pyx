@@ -1,0 +1,3 @@
+# placeholder: replaced by the real implementation
+class Conflator: pass
+class IntConflator: pass

@@ -1,0 +1,3 @@
+# placeholder: replaced by the real implementation
+class FrameEncoder: pass
+class Codec: pass

@@ -1,0 +1,3 @@
+# placeholder: replaced by the real implementation
+class AdaptiveWindow: pass
+class WindowScheduler: pass
