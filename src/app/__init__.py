@@ -1,0 +1,1 @@
+"""The thin Starlette app around streamcore."""

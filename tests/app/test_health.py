@@ -1,0 +1,40 @@
+from starlette.testclient import TestClient
+
+from app.main import create_app
+from app.settings import Settings
+
+
+def test_healthz_and_readyz_with_embedded_defaults(tmp_path) -> None:
+    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"))
+    with TestClient(app) as client:
+        assert client.get("/healthz").json() == {"status": "ok"}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["status"] == "ready"
+
+
+def test_readyz_reports_redis(redis_url: str, tmp_path) -> None:
+    app = create_app(
+        Settings(redis_url=redis_url, database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite")
+    )
+    with TestClient(app) as client:
+        body = client.get("/readyz").json()
+        assert body["checks"]["redis"] == "ok"
+
+
+def test_readyz_is_503_when_redis_is_down(tmp_path) -> None:
+    # Port 1 on loopback refuses connections: a dependency that does not answer.
+    app = create_app(
+        Settings(redis_url="redis://127.0.0.1:1/0", database_url=f"sqlite+aiosqlite:///{tmp_path}/d")
+    )
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["checks"]["redis"].startswith("error")
+
+
+def test_unknown_path_is_json_404() -> None:
+    with TestClient(create_app(Settings())) as client:
+        response = client.get("/nope")
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "not_found"
