@@ -17,7 +17,7 @@ test: $(BUILT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(BUILT)
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 build: $(BUILT)
 

@@ -1,0 +1,128 @@
+"""Run the benchmark suite and write BENCHMARKS.md from its results.
+
+`make bench` calls this. Each benchmark group pairs a subject with the baseline it is measured
+against in the same run (see benchmarks/conftest.py); the table shows both and their ratio, because
+on a shared 2-core machine absolute times move from run to run while ratios hold.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+REPORT = ROOT / "BENCHMARKS.md"
+COMMAND = "make bench"
+
+
+def run_pytest(json_path: Path, args: list[str]) -> int:
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "benchmarks",
+        "-q",
+        "--benchmark-only",
+        "--benchmark-min-rounds=5",
+        "--benchmark-warmup=on",
+        f"--benchmark-json={json_path}",
+        *args,
+    ]
+    print("+", " ".join(cmd), flush=True)
+    return subprocess.call(cmd, cwd=ROOT)
+
+
+def _fmt_time(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("µs", 1e-6), ("ns", 1e-9)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def _notes(extra: dict[str, Any]) -> str:
+    skip = {"baseline", "items", "target_speedup", "target"}
+    parts = []
+    for key, value in extra.items():
+        if key in skip:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.4g}"
+        parts.append(f"{key}={value}")
+    return "; ".join(str(p) for p in parts)
+
+
+def render(data: dict[str, Any], elapsed: float) -> str:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for bench in data["benchmarks"]:
+        groups.setdefault(bench["group"] or bench["name"], []).append(bench)
+    machine = data.get("machine_info", {})
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Made by `{COMMAND}` on {data.get('datetime', '?')[:19]} UTC in {elapsed:.0f} s.",
+        f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor() or '?')}, "
+        f"{machine.get('cpu', {}).get('count', '?')} cores (shared, noisy), "
+        f"Python {machine.get('python_version', platform.python_version())}.",
+        "",
+        "Every row is measured in the same run as its baseline. Times are medians per item "
+        "(one event, value or frame); **ratio** = baseline time / subject time, so above 1 means "
+        "faster than the baseline. A target not met says **MISSED** with the measured ratio.",
+        "",
+    ]
+    verdicts: list[str] = []
+    for group, members in sorted(groups.items()):
+        baseline = next((b for b in members if b.get("extra_info", {}).get("baseline")), None)
+        lines += [f"## {group}", "", "| benchmark | per item | ratio vs baseline | target | notes |"]
+        lines.append("|---|---|---|---|---|")
+        for bench in sorted(members, key=lambda b: not b.get("extra_info", {}).get("baseline")):
+            extra = bench.get("extra_info", {})
+            items = max(int(extra.get("items", 1)), 1)
+            per_item = bench["stats"]["median"] / items
+            name = bench["name"].removeprefix("test_")
+            if extra.get("baseline"):
+                ratio, target = "baseline", ""
+            elif baseline is not None:
+                base_items = max(int(baseline["extra_info"].get("items", 1)), 1)
+                r = (baseline["stats"]["median"] / base_items) / per_item
+                ratio = f"{r:.2f}×"
+                target = extra.get("target", "")
+                want = extra.get("target_speedup")
+                if want is not None:
+                    ok = r >= float(want)
+                    target = f"{target} — {'met' if ok else 'MISSED'}"
+                    verdicts.append(f"- {group} / {name}: {r:.2f}× (needs {want}×) {'met' if ok else 'MISSED'}")
+            else:
+                ratio, target = "(no baseline)", extra.get("target", "")
+            lines.append(f"| {name} | {_fmt_time(per_item)} | {ratio} | {target} | {_notes(extra)} |")
+        lines.append("")
+    if verdicts:
+        lines += ["## Targets", "", *verdicts, ""]
+    lines += [
+        "Raw results: `benchmarks/results/core.json` (pytest-benchmark's JSON).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "core.json"
+    start = time.monotonic()
+    code = run_pytest(json_path, argv)
+    if not json_path.exists():
+        print("no benchmark results were written", file=sys.stderr)
+        return code or 1
+    data = json.loads(json_path.read_text())
+    REPORT.write_text(render(data, time.monotonic() - start))
+    print(f"wrote {REPORT.relative_to(ROOT)}")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
