@@ -1,3 +1,492 @@
-# placeholder: replaced by the real implementation
-class Conflator: pass
-class IntConflator: pass
+"""Entity-keyed conflation: the latest event per key, keys in first-seen order, once per window.
+
+`IntConflator` is the pure-C path (int64 key -> int64 ref). `Conflator` holds bytes payloads: int keys
+go through the same C table, str keys (and ints beyond int64) through a dict cleared at each drain, so
+memory stays bounded by one window's distinct keys. The specification is
+`streamcore.reference.conflation`.
+"""
+
+cimport cython
+from cpython.bool cimport PyBool_Check
+from cpython.bytes cimport PyBytes_Check, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem
+from cpython.list cimport PyList_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsSsize_t, PyLong_Check
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.sequence cimport PySequence_Check
+from cpython.unicode cimport PyUnicode_Check
+from libc.stdint cimport UINT32_MAX, int64_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+import json
+
+import numpy as np
+
+from streamcore.errors import StreamcoreTypeError, StreamcoreValueError
+
+
+# ---------------------------------------------------------------------------------------------
+# An open-addressing (linear probing) hash table int64 key -> uint32 value, in C memory.
+# A slot is live only if its `gen` equals the table's: clearing a window is one increment,
+# not a pass over the whole table, so a table grown by one burst stays cheap to reset.
+
+cdef struct Entry:
+    int64_t key
+    uint32_t val
+    uint32_t gen
+
+cdef struct Table:
+    Entry* entries
+    size_t mask       # capacity - 1 (capacity is a power of two)
+    size_t count      # live entries
+    size_t max_fill   # grow before count exceeds 3/4 of capacity
+    uint32_t gen
+
+# Values are uint32 slot numbers, so a table never holds more than this many keys.
+cdef size_t _MAX_CAPACITY = (<size_t>1) << 32
+
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    # Fibonacci hashing: one multiply, then fold the well-mixed high half onto the low bits we mask,
+    # so sequential or strided ids spread over the table.
+    x *= 0x9e3779b97f4a7c15ULL
+    return x ^ (x >> 32)
+
+
+cdef inline Entry* _probe(Entry* entries, size_t mask, uint32_t gen, int64_t key) noexcept nogil:
+    """Return the entry holding key, or the free entry where it belongs (live iff e.gen == gen)."""
+    cdef size_t i = <size_t>_mix(<uint64_t>key) & mask
+    cdef Entry* e = &entries[i]
+    while e.gen == gen and e.key != key:
+        i = (i + 1) & mask
+        e = &entries[i]
+    return e
+
+
+cdef size_t _capacity_for(size_t n):
+    """The smallest power-of-two capacity whose 3/4 fill holds n keys."""
+    cdef size_t cap = 16
+    while cap // 2 < n:
+        cap <<= 1
+    return cap
+
+
+cdef int _table_init(Table* t, size_t cap) except -1:
+    t.entries = <Entry*>PyMem_Malloc(cap * sizeof(Entry))
+    if t.entries == NULL:
+        raise MemoryError(f"conflation table of {cap} entries")
+    memset(t.entries, 0, cap * sizeof(Entry))
+    t.mask = cap - 1
+    t.count = 0
+    t.max_fill = cap // 2
+    t.gen = 1
+    return 0
+
+
+cdef int _table_grow(Table* t) except -1:
+    cdef size_t old_cap = t.mask + 1
+    cdef size_t cap = old_cap * 2
+    cdef size_t i
+    cdef Entry* old = t.entries
+    cdef Entry* e
+    if cap > _MAX_CAPACITY:
+        raise StreamcoreValueError("conflation window holds too many distinct keys; drain it more often")
+    cdef Entry* entries = <Entry*>PyMem_Malloc(cap * sizeof(Entry))
+    if entries == NULL:
+        raise MemoryError(f"conflation table of {cap} entries")
+    memset(entries, 0, cap * sizeof(Entry))
+    for i in range(old_cap):
+        if old[i].gen == t.gen:
+            e = _probe(entries, cap - 1, 1, old[i].key)
+            e.key = old[i].key
+            e.val = old[i].val
+            e.gen = 1
+    PyMem_Free(old)
+    t.entries = entries
+    t.mask = cap - 1
+    t.max_fill = cap // 2
+    t.gen = 1
+    return 0
+
+
+cdef inline void _table_clear(Table* t) noexcept nogil:
+    t.count = 0
+    t.gen += 1
+    if t.gen == 0:  # after 2**32 windows the stamps wrap: wipe them once
+        memset(t.entries, 0, (t.mask + 1) * sizeof(Entry))
+        t.gen = 1
+
+
+cdef Py_ssize_t _int_run(Table* t, int64_t* out_keys, int64_t* out_refs,
+                         const int64_t* keys, const int64_t* refs,
+                         Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    """Conflate keys[start:end]; return where it stopped (end, or the pair that needs a bigger table)."""
+    # Locals, not t->fields: stores through out_refs may alias them and force reloads.
+    cdef Entry* entries = t.entries
+    cdef size_t mask = t.mask
+    cdef uint32_t gen = t.gen
+    cdef size_t count = t.count
+    cdef size_t max_fill = t.max_fill
+    cdef Py_ssize_t i
+    cdef int64_t key
+    cdef Entry* e
+    for i in range(start, end):
+        key = keys[i]
+        e = _probe(entries, mask, gen, key)
+        if e.gen == gen:
+            out_refs[e.val] = refs[i]
+        elif count < max_fill:
+            e.key = key
+            e.val = <uint32_t>count
+            e.gen = gen
+            out_keys[count] = key
+            out_refs[count] = refs[i]
+            count += 1
+        else:
+            t.count = count
+            return i
+    t.count = count
+    return end
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks, on the error path only where possible.
+
+cdef object _int64_error(object obj, str name, object exc):
+    try:
+        m = memoryview(obj)
+    except TypeError:
+        return StreamcoreTypeError(
+            f"{name} must be a C-contiguous int64 buffer (numpy int64 array), not {type(obj).__name__}"
+        )
+    if m.ndim != 1:
+        return StreamcoreValueError(f"{name} must be one-dimensional, not {m.ndim}-dimensional")
+    if m.itemsize != 8 or m.format.lstrip("@=<>!") not in ("q", "l"):
+        return StreamcoreTypeError(f"{name} must have dtype int64, not buffer format {m.format!r}")
+    if not m.c_contiguous:
+        return StreamcoreValueError(f"{name} must be C-contiguous (numpy.ascontiguousarray would copy it)")
+    return StreamcoreTypeError(f"{name} is not a usable int64 buffer: {exc}")
+
+
+cdef const int64_t[::1] _as_int64(object obj, str name) except *:
+    cdef const int64_t[::1] view
+    if obj is None:  # a memoryview variable would accept None silently
+        raise StreamcoreTypeError(f"{name} must be a C-contiguous int64 buffer, not None")
+    try:
+        view = obj
+    except (TypeError, ValueError) as exc:
+        raise _int64_error(obj, name, exc) from None
+    return view
+
+
+cdef list _as_list(object seq, str name):
+    if type(seq) is list:
+        return <list>seq
+    if isinstance(seq, (str, bytes, bytearray, memoryview)) or not PySequence_Check(seq):
+        raise StreamcoreTypeError(f"{name} must be a sequence (list or tuple), not {type(seq).__name__}")
+    return list(seq)
+
+
+cdef inline int _check_payload(object payload) except -1:
+    if not PyBytes_Check(payload):
+        raise StreamcoreTypeError(f"payload must be bytes (encoded JSON), not {type(payload).__name__}")
+    return 0
+
+
+cdef inline int _check_key(object key) except -1:
+    # bool is an int subclass, and True == 1 would silently collide with the key 1.
+    if key is None or PyUnicode_Check(key) or (PyLong_Check(key) and not PyBool_Check(key)):
+        return 0
+    raise StreamcoreTypeError(f"conflation key must be str, int or None, not {type(key).__name__}")
+
+
+cdef int64_t _as_c_int64(object value, str name) except? -1:
+    cdef int overflow = 0
+    cdef long long v
+    if not PyLong_Check(value) or PyBool_Check(value):
+        raise StreamcoreTypeError(f"{name} must be an int, not {type(value).__name__}")
+    v = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow:
+        raise StreamcoreValueError(f"{name} {value} is outside the int64 range")
+    return v
+
+
+cdef dict _decode_object(object key, bytes payload):
+    try:
+        value = json.loads(payload)
+    except ValueError as exc:
+        raise StreamcoreValueError(f"merge mode: payload for key {key!r} is not valid JSON: {exc}") from None
+    if type(value) is not dict:
+        raise StreamcoreValueError(
+            f"merge mode: payload for key {key!r} is a JSON {type(value).__name__}, not an object"
+        )
+    return <dict>value
+
+
+cdef bytes _merge_json(object key, bytes old, bytes new):
+    cdef dict merged = _decode_object(key, old)
+    merged.update(_decode_object(key, new))
+    return json.dumps(merged, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+
+@cython.final
+cdef class IntConflator:
+    """Latest ref per int64 key, keys in first-seen order; a C hash table, no Python objects."""
+
+    cdef Table _table
+    cdef int64_t* _keys   # first-seen order; room for table.max_fill pairs
+    cdef int64_t* _refs
+    cdef uint64_t _events_in
+    cdef uint64_t _events_out
+
+    def __cinit__(self, capacity_hint=1024):
+        cdef int64_t hint = _as_c_int64(capacity_hint, "capacity_hint")
+        if hint < 0:
+            raise StreamcoreValueError(f"capacity_hint must be >= 0, not {hint}")
+        if hint > (<int64_t>1 << 31):
+            raise StreamcoreValueError(f"capacity_hint {hint} is above the limit of 2**31 keys")
+        _table_init(&self._table, _capacity_for(<size_t>hint))
+        self._keys = <int64_t*>PyMem_Malloc(self._table.max_fill * sizeof(int64_t))
+        self._refs = <int64_t*>PyMem_Malloc(self._table.max_fill * sizeof(int64_t))
+        if self._keys == NULL or self._refs == NULL:
+            raise MemoryError("conflation order arrays")
+
+    def __dealloc__(self):
+        PyMem_Free(self._table.entries)
+        PyMem_Free(self._keys)
+        PyMem_Free(self._refs)
+
+    cdef int _grow(self) except -1:
+        _table_grow(&self._table)
+        cdef size_t n = self._table.max_fill
+        cdef int64_t* keys = <int64_t*>PyMem_Realloc(self._keys, n * sizeof(int64_t))
+        if keys == NULL:
+            raise MemoryError("conflation order arrays")
+        self._keys = keys
+        cdef int64_t* refs = <int64_t*>PyMem_Realloc(self._refs, n * sizeof(int64_t))
+        if refs == NULL:
+            raise MemoryError("conflation order arrays")
+        self._refs = refs
+        return 0
+
+    def push(self, key, ref):
+        """Record ref as the latest for key."""
+        cdef int64_t k = _as_c_int64(key, "key")
+        cdef int64_t r = _as_c_int64(ref, "ref")
+        if _int_run(&self._table, self._keys, self._refs, &k, &r, 0, 1) == 0:
+            self._grow()
+            _int_run(&self._table, self._keys, self._refs, &k, &r, 0, 1)
+        self._events_in += 1
+
+    def push_many(self, keys, refs):
+        """Record refs[i] as the latest for keys[i], in order; the GIL is released for the batch."""
+        cdef const int64_t[::1] kv = _as_int64(keys, "keys")
+        cdef const int64_t[::1] rv = _as_int64(refs, "refs")
+        cdef Py_ssize_t n = kv.shape[0]
+        cdef Py_ssize_t done = 0
+        cdef Py_ssize_t stop
+        if rv.shape[0] != n:
+            raise StreamcoreValueError(f"keys and refs differ in length: {n} != {rv.shape[0]}")
+        if n == 0:
+            return
+        while True:
+            with nogil:
+                stop = _int_run(&self._table, self._keys, self._refs, &kv[0], &rv[0], done, n)
+            self._events_in += <uint64_t>(stop - done)
+            done = stop
+            if done == n:
+                return
+            # PyMem_Malloc wants the GIL: leave the loop to grow, which happens log2(keys) times.
+            self._grow()
+
+    def drain(self):
+        """Return (keys, refs) as int64 arrays in first-seen order and start a new window."""
+        cdef Py_ssize_t n = <Py_ssize_t>self._table.count
+        keys = np.empty(n, dtype=np.int64)
+        refs = np.empty(n, dtype=np.int64)
+        cdef int64_t[::1] kv = keys
+        cdef int64_t[::1] rv = refs
+        if n > 0:
+            memcpy(&kv[0], self._keys, n * sizeof(int64_t))
+            memcpy(&rv[0], self._refs, n * sizeof(int64_t))
+        self._events_out += <uint64_t>n
+        _table_clear(&self._table)
+        return keys, refs
+
+    def clear(self):
+        """Discard the window without emitting it (the discarded events stay counted in events_in)."""
+        _table_clear(&self._table)
+
+    def __len__(self):
+        return <Py_ssize_t>self._table.count
+
+    @property
+    def events_in(self):
+        """Pairs pushed since creation."""
+        return self._events_in
+
+    @property
+    def events_out(self):
+        """Pairs handed out by drain() since creation."""
+        return self._events_out
+
+    @property
+    def conflation_ratio(self):
+        """events_out / events_in (1.0 before any event)."""
+        return self._events_out / <double>self._events_in if self._events_in else 1.0
+
+
+@cython.final
+cdef class Conflator:
+    """One channel's window of bytes payloads, conflated by entity key (see the module docstring)."""
+
+    cdef list _payloads     # slot order
+    cdef dict _index        # str key (or int beyond int64) -> slot number
+    cdef Table _table       # int64 key -> slot number
+    cdef bint _merge
+    cdef str _mode
+    cdef Py_ssize_t _pending_bytes
+    cdef uint64_t _events_in
+    cdef uint64_t _events_out
+
+    def __cinit__(self, mode="latest"):
+        if not isinstance(mode, str):
+            raise StreamcoreTypeError(f"mode must be a str, not {type(mode).__name__}")
+        if mode != "latest" and mode != "merge":
+            raise StreamcoreValueError(f"mode must be 'latest' or 'merge', not {mode!r}")
+        self._mode = mode
+        self._merge = mode == "merge"
+        self._payloads = []
+        self._index = {}
+        _table_init(&self._table, 64)
+
+    def __dealloc__(self):
+        PyMem_Free(self._table.entries)
+
+    cdef inline int _append(self, object payload) except -1:
+        self._payloads.append(payload)
+        self._pending_bytes += PyBytes_GET_SIZE(payload)
+        return 0
+
+    cdef int _replace(self, Py_ssize_t slot, object key, object payload) except -1:
+        cdef object old = self._payloads[slot]
+        if self._merge:
+            payload = _merge_json(key, old, payload)  # raises before anything changes
+        self._pending_bytes += PyBytes_GET_SIZE(payload) - PyBytes_GET_SIZE(old)
+        self._payloads[slot] = payload
+        return 0
+
+    cdef int _push_object_key(self, object key, object payload) except -1:
+        cdef PyObject* found = PyDict_GetItem(self._index, key)
+        if found == NULL:
+            self._index[key] = PyList_GET_SIZE(self._payloads)
+            return self._append(payload)
+        return self._replace(PyLong_AsSsize_t(<object>found), key, payload)
+
+    cdef int _push_int64_key(self, int64_t key, object payload) except -1:
+        cdef Table* t = &self._table
+        cdef Entry* e = _probe(t.entries, t.mask, t.gen, key)
+        if e.gen == t.gen:
+            return self._replace(e.val, key, payload)
+        if t.count >= t.max_fill:
+            _table_grow(t)
+            e = _probe(t.entries, t.mask, t.gen, key)
+        cdef Py_ssize_t slot = PyList_GET_SIZE(self._payloads)
+        if <size_t>slot >= UINT32_MAX:
+            raise StreamcoreValueError("conflation window holds too many slots; drain it more often")
+        e.key = key
+        e.val = <uint32_t>slot
+        e.gen = t.gen
+        t.count += 1
+        return self._append(payload)
+
+    cdef int _push_checked(self, object key, object payload, bint conflatable) except -1:
+        cdef int overflow = 0
+        cdef long long v
+        if key is None or not conflatable:
+            self._append(payload)
+        elif PyUnicode_Check(key):
+            self._push_object_key(key, payload)
+        else:
+            v = PyLong_AsLongLongAndOverflow(key, &overflow)
+            if overflow:  # beyond int64: the dict keeps it apart from every table key
+                self._push_object_key(key, payload)
+            else:
+                self._push_int64_key(v, payload)
+        self._events_in += 1
+        return 0
+
+    def push(self, key, payload, bint conflatable=True):
+        """Add one event to the window."""
+        _check_payload(payload)
+        _check_key(key)
+        self._push_checked(key, payload, conflatable)
+
+    def push_many(self, keys, payloads, bint conflatable=True):
+        """Add events pairwise; every key and payload is checked before any is added."""
+        cdef list ks = _as_list(keys, "keys")
+        cdef list ps = _as_list(payloads, "payloads")
+        cdef Py_ssize_t n = PyList_GET_SIZE(ks)
+        cdef Py_ssize_t i
+        if PyList_GET_SIZE(ps) != n:
+            raise StreamcoreValueError(f"keys and payloads differ in length: {n} != {PyList_GET_SIZE(ps)}")
+        for i in range(n):
+            _check_payload(ps[i])
+            _check_key(ks[i])
+        for i in range(n):
+            self._push_checked(ks[i], ps[i], conflatable)
+
+    def push_int_many(self, keys, payloads):
+        """Add conflatable events with int64 keys from a buffer; payloads are checked before any is added."""
+        cdef const int64_t[::1] kv = _as_int64(keys, "keys")
+        cdef list ps = _as_list(payloads, "payloads")
+        cdef Py_ssize_t n = kv.shape[0]
+        cdef Py_ssize_t i
+        if PyList_GET_SIZE(ps) != n:
+            raise StreamcoreValueError(f"keys and payloads differ in length: {n} != {PyList_GET_SIZE(ps)}")
+        for i in range(n):
+            _check_payload(ps[i])
+        for i in range(n):
+            self._push_int64_key(kv[i], ps[i])
+            self._events_in += 1
+
+    def drain(self):
+        """Return the window's payloads in slot order and start a new window."""
+        cdef list out = self._payloads
+        self._payloads = []
+        self._index = {}
+        _table_clear(&self._table)
+        self._pending_bytes = 0
+        self._events_out += <uint64_t>PyList_GET_SIZE(out)
+        return out
+
+    def __len__(self):
+        return PyList_GET_SIZE(self._payloads)
+
+    @property
+    def mode(self):
+        """'latest' or 'merge'."""
+        return self._mode
+
+    @property
+    def pending_bytes(self):
+        """Sum of the payload lengths waiting in the window."""
+        return self._pending_bytes
+
+    @property
+    def events_in(self):
+        """Events pushed since creation."""
+        return self._events_in
+
+    @property
+    def events_out(self):
+        """Events handed out by drain() since creation."""
+        return self._events_out
+
+    @property
+    def conflation_ratio(self):
+        """events_out / events_in (1.0 before any event)."""
+        return self._events_out / <double>self._events_in if self._events_in else 1.0
