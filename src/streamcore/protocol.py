@@ -32,7 +32,7 @@ from .errors import CorruptDataError, StreamcoreTypeError, StreamcoreValueError
 try:
     import zstandard
 except ImportError:  # pragma: no cover - a vendored decoder may live without zstd
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]
 
 MAGIC = b"SC"
 VERSION = 1

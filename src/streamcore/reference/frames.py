@@ -152,7 +152,15 @@ def reference_encode(
     gzip_level: int = 6,
 ) -> bytes:
     """Encode one frame in plain Python (struct + join + zstandard / zlib)."""
-    return ReferenceFrameEncoder(threshold, zstd_level, gzip_level).encode(seq, payloads, codec, kind)
+    return ReferenceFrameEncoder(threshold, zstd_level, gzip_level).encode(
+        seq, payloads, codec, kind
+    )
 
 
-__all__ = ["ReferenceFrameEncoder", "build_body", "check_codec", "check_settings", "reference_encode"]
+__all__ = [
+    "ReferenceFrameEncoder",
+    "build_body",
+    "check_codec",
+    "check_settings",
+    "reference_encode",
+]
