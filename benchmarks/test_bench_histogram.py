@@ -158,7 +158,9 @@ def test_record_many_compiled(benchmark):
     x, h = _latencies(MANY), Histogram()
     benchmark.extra_info["items"] = MANY
     benchmark.extra_info["target_speedup"] = 3.0
-    benchmark.extra_info["target"] = "record_many(1e6) >= 3x faster than numpy log-bucket + bincount"
+    benchmark.extra_info["target"] = (
+        "record_many(1e6) >= 3x faster than numpy log-bucket + bincount"
+    )
     benchmark(h.record_many, x)
     assert h.count % MANY == 0
 
@@ -226,7 +228,7 @@ def _max_relative_error(got, exact):
 @pytest.mark.benchmark(group="histogram-accuracy")
 def test_accuracy_hdrhistogram(benchmark):
     x = _latencies(ACCURACY_N, seed=5)
-    ns = [int(round(v * 1e9)) for v in x]
+    ns = [round(v * 1e9) for v in x]
 
     def run():
         h = _hdr()
