@@ -19,6 +19,16 @@ from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport UINT32_MAX, int64_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
+cdef extern from *:
+    """
+    #if defined(__GNUC__) || defined(__clang__)
+    #define SC_PREFETCH(p) __builtin_prefetch((p), 1)
+    #else
+    #define SC_PREFETCH(p) ((void)(p))
+    #endif
+    """
+    void SC_PREFETCH(const void* p) noexcept nogil
+
 import json
 
 import numpy as np
@@ -132,6 +142,8 @@ cdef Py_ssize_t _int_run(Table* t, int64_t* out_keys, int64_t* out_refs,
     cdef int64_t key
     cdef Entry* e
     for i in range(start, end):
+        if i + 16 < end:
+            SC_PREFETCH(&entries[<size_t>_mix(<uint64_t>keys[i + 16]) & mask])
         key = keys[i]
         e = _probe(entries, mask, gen, key)
         if e.gen == gen:
