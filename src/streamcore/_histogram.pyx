@@ -129,6 +129,14 @@ cdef double _as_float(object value, str what) except? -1.0:
     raise StreamcoreTypeError(f"{what} must be a real number, got {type(value).__name__}")
 
 
+cdef list _iterate(object items, str what):
+    try:
+        return list(items)
+    except TypeError:
+        raise StreamcoreTypeError(
+            f"{what} must be an iterable of numbers, got {type(items).__name__}") from None
+
+
 cdef class Histogram:
     """Log-bucketed histogram of non-negative values (seconds), relative error <= 1/128."""
 
@@ -412,7 +420,7 @@ cdef class Histogram:
 
     def percentiles(self, qs):
         """Return several percentiles in one pass over the buckets, in the order given."""
-        cdef list qlist = [self._check_q(q) for q in qs]
+        cdef list qlist = [self._check_q(q) for q in _iterate(qs, "qs")]
         cdef Py_ssize_t m = len(qlist)
         out = [0.0] * m
         if self._count == 0 or m == 0:
@@ -435,7 +443,7 @@ cdef class Histogram:
 
     def cumulative_counts(self, edges):
         """For each ascending edge, count values whose bucket representative is <= edge."""
-        cdef list e = [_as_float(x, "edge") for x in edges]
+        cdef list e = [_as_float(x, "edge") for x in _iterate(edges, "edges")]
         cdef Py_ssize_t m = len(e), k
         for k in range(m):
             if e[k] != e[k]:

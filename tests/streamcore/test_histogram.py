@@ -351,6 +351,13 @@ def test_bad_edges(edges: list[object], exc: type[Exception], match: str) -> Non
         Histogram().cumulative_counts(edges)  # type: ignore[arg-type]
 
 
+def test_non_iterable_qs_and_edges() -> None:
+    with pytest.raises(StreamcoreTypeError, match="qs must be an iterable"):
+        Histogram().percentiles(50)  # type: ignore[arg-type]
+    with pytest.raises(StreamcoreTypeError, match="edges must be an iterable"):
+        Histogram().cumulative_counts(1.0)  # type: ignore[arg-type]
+
+
 def test_merge_rejects_other_layouts_and_types() -> None:
     with pytest.raises(StreamcoreValueError, match="different layouts"):
         Histogram().merge(Histogram(1e-3, 10.0))
