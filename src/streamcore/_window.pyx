@@ -10,6 +10,7 @@ import operator
 
 import numpy as np
 
+cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from libc.math cimport exp, expm1, isfinite, log, log1p
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint64_t
@@ -219,6 +220,7 @@ cdef inline bint _before(const HeapEntry* a, const HeapEntry* b) noexcept nogil:
     return a.deadline < b.deadline or (a.deadline == b.deadline and a.id < b.id)
 
 
+@cython.final  # direct (inlinable) calls to the cdef methods instead of a vtable
 cdef class WindowScheduler:
     """Adaptive windows for many channels keyed by int64 id; flushing costs O(active channels)."""
 
@@ -478,6 +480,8 @@ cdef class WindowScheduler:
         cdef int r = 0
         cdef const int64_t* p
         try:
+            if channels is None:
+                raise TypeError("None is not a buffer")
             ids = channels
         except (TypeError, ValueError, BufferError) as exc:
             raise StreamcoreTypeError(
