@@ -6,6 +6,7 @@ Every error body is {"error": {"code", "message", "details"}}; no stack trace re
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -40,6 +41,54 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class MalformedJson(ApiError):
+    status, code = 400, "malformed_json"
+
+
+class InvalidCursor(ApiError):
+    status, code = 400, "invalid_cursor"
+
+
+class InvalidQuery(ApiError):
+    status, code = 400, "invalid_query"
+
+
+class Unauthorized(ApiError):
+    """Missing credentials, or credentials that do not match (login)."""
+
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str = "Authentication required.", **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": "Bearer"})
+        super().__init__(message, **kwargs)
+
+
+class InvalidToken(Unauthorized):
+    code = "invalid_token"
+
+
+class NotFound(ApiError):
+    status, code = 404, "not_found"
+
+
+class PayloadTooLarge(ApiError):
+    status, code = 413, "payload_too_large"
+
+
+class UnsupportedMediaType(ApiError):
+    status, code = 415, "unsupported_media_type"
+
+
+class ValidationFailed(ApiError):
+    """details is a list of {"field", "message"}, one per bad field."""
+
+    status, code = 422, "validation_failed"
+
+
+class TooManyRequests(ApiError):
+    status, code = 429, "too_many_requests"
+
+
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
     """Shape one error the way every endpoint answers."""
     return {"error": {"code": code, "message": message, "details": details}}
@@ -50,7 +99,7 @@ def error_response(
     code: str,
     message: str,
     details: Any = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """Build the JSON response for one error."""
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)

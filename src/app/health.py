@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+
+from .openapi import Operation
 
 Check = Callable[[], Awaitable[None]]
 READINESS_TIMEOUT_S = 2.0
@@ -38,4 +40,30 @@ async def readyz(request: Request) -> JSONResponse:
     )
 
 
-routes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+class Liveness(BaseModel):
+    """The process is running."""
+
+    status: str
+
+
+class Readiness(BaseModel):
+    """Every dependency answered ("ready"), or the ones that did not ("not_ready", 503)."""
+
+    status: str
+    checks: dict[str, str]
+
+
+operations = [
+    Operation(
+        "GET", "/healthz", healthz, "Liveness", "health", responses={200: Liveness}, auth=False
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        readyz,
+        "Readiness",
+        "health",
+        responses={200: Readiness, 503: Readiness},
+        auth=False,
+    ),
+]

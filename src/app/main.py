@@ -6,21 +6,74 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
 
-from . import health
+from . import auth, finance, health, storage
 from .errors import EXCEPTION_HANDLERS
+from .events import EventBus
+from .middleware.body_limit import BodyLimitMiddleware
+from .middleware.cors import CorsMiddleware
+from .middleware.request_context import RequestContextMiddleware
+from .openapi import Operation, build_document, routes
+from .responses import OrjsonResponse
 from .settings import Settings
+
+
+class OpenApiDocument(BaseModel):
+    """This document."""
+
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    info: dict[str, str]
+    paths: dict[str, dict[str, object]]
+    components: dict[str, object]
+
+
+async def openapi_json(request: Request) -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    return OrjsonResponse(request.app.state.openapi)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
     """Create the app; resources open in its lifespan and close when it ends."""
     settings = settings or Settings.from_env()
+    operations: list[Operation] = [
+        *health.operations,
+        *auth.operations,
+        *finance.operations,
+        Operation(
+            "GET",
+            "/openapi.json",
+            openapi_json,
+            "The API description",
+            "meta",
+            responses={200: OpenApiDocument},
+            auth=False,
+        ),
+    ]
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             app.state.readiness_checks = {}
+            engine = storage.create_engine(settings.database_url)
+            stack.push_async_callback(engine.dispose)
+            await storage.migrate(engine)  # a no-op when the schema is current
+            app.state.db = engine
+
+            async def database_ready() -> None:
+                await storage.ping(engine)
+
+            app.state.readiness_checks["database"] = database_ready
+            app.state.tokens = auth.Tokens(
+                settings.jwt_secret or auth.load_or_create_secret(settings.data_dir),
+                settings.token_ttl_s,
+            )
             if settings.redis_url:
                 client = aioredis.Redis.from_url(
                     settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
@@ -34,10 +87,31 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 app.state.readiness_checks["redis"] = redis_ready
             yield
 
+    middleware = [
+        # Outermost first: every response, refusals included, carries the request id and CORS.
+        Middleware(RequestContextMiddleware),
+        Middleware(
+            CorsMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_credentials=True,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After"],
+            max_age=600,
+        ),
+        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+    ]
     app = Starlette(
-        routes=[*health.routes],
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        routes=routes(operations),
+        middleware=middleware,
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Created here, not in the lifespan, so sinks (tests, the realtime channel) can subscribe first.
+    app.state.events = EventBus()
+    app.state.login_throttle = auth.LoginThrottle(
+        settings.login_max_failures, settings.login_window_s
+    )
+    app.state.openapi = build_document(operations, settings)
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -67,6 +67,42 @@ def _optional_url(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("must be an integer > 0")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("one of 1/0, true/false, yes/no, on/off")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        # A wildcard would turn the allow-list off, and browsers refuse it with credentials.
+        if origin == "*" or not origin.startswith(("https://", "http://")):
+            raise ValueError(f"{origin!r} is not an http(s) origin")
+    return origins
+
+
+def _secret(raw: str) -> str:
+    # HS256 wants at least 256 bits of key; shorter secrets are brute-forceable offline.
+    if len(raw.encode()) < 32:
+        raise ValueError("must be at least 32 bytes")
+    return raw
+
+
+# Money is int64 minor units in storage; the bound keeps a year of sums far from overflow.
+MAX_AMOUNT_LIMIT = 10**15
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything the app can be told, with embedded defaults that run alone."""
@@ -82,11 +118,39 @@ class Settings:
     window_max_ms: float = 150.0
     compression_threshold: int = 1024
     zstd_level: int = 1
+    # Files the app keeps beside the embedded database (the generated JWT secret).
+    data_dir: str = "./var"
+    # Unset: a random secret generated once into DATA_DIR/jwt_secret, shared by workers.
+    jwt_secret: str | None = field(default=None, repr=False)  # never printed
+    token_ttl_s: int = 3600
+    max_body_bytes: int = 32 * 1024 * 1024
+    cors_origins: tuple[str, ...] = (
+        "https://app.example.com",
+        "https://admin.example.com",
+        "https://www.example.com",
+    )
+    max_amount_cents: int = 100_000_000_000
+    page_size_default: int = 50
+    page_size_max: int = 200
+    # Failed logins per (client, email) inside the window before 429.
+    login_max_failures: int = 5
+    login_window_s: int = 300
+    # `serve` seeds the demo org/property/user into an empty database.
+    seed_demo: bool = True
 
     def __post_init__(self) -> None:
         if self.window_min_ms > self.window_max_ms:
             raise SettingsError(
                 f"WINDOW_MIN_MS={self.window_min_ms} is above WINDOW_MAX_MS={self.window_max_ms}"
+            )
+        if self.page_size_default > self.page_size_max:
+            raise SettingsError(
+                f"PAGE_SIZE_DEFAULT={self.page_size_default} is above "
+                f"PAGE_SIZE_MAX={self.page_size_max}"
+            )
+        if self.max_amount_cents > MAX_AMOUNT_LIMIT:
+            raise SettingsError(
+                f"MAX_AMOUNT_CENTS={self.max_amount_cents} is above {MAX_AMOUNT_LIMIT}"
             )
 
     @classmethod
@@ -106,4 +170,17 @@ class Settings:
                 env, "COMPRESSION_THRESHOLD", d.compression_threshold, _non_negative_int
             ),
             zstd_level=_read(env, "ZSTD_LEVEL", d.zstd_level, _zstd_level),
+            data_dir=_read(env, "DATA_DIR", d.data_dir, str),
+            jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
+            token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),
+            max_body_bytes=_read(env, "MAX_BODY_BYTES", d.max_body_bytes, _positive_int),
+            cors_origins=_read(env, "CORS_ORIGINS", d.cors_origins, _origins),
+            max_amount_cents=_read(env, "MAX_AMOUNT_CENTS", d.max_amount_cents, _positive_int),
+            page_size_default=_read(env, "PAGE_SIZE_DEFAULT", d.page_size_default, _positive_int),
+            page_size_max=_read(env, "PAGE_SIZE_MAX", d.page_size_max, _positive_int),
+            login_max_failures=_read(
+                env, "LOGIN_MAX_FAILURES", d.login_max_failures, _positive_int
+            ),
+            login_window_s=_read(env, "LOGIN_WINDOW_S", d.login_window_s, _positive_int),
+            seed_demo=_read(env, "SEED_DEMO", d.seed_demo, _bool),
         )

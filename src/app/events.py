@@ -1,0 +1,79 @@
+"""The one interface through which committed writes reach the org's realtime channel.
+
+The realtime issue registers streamcore's channel as a sink; until then the bus fans out to
+whatever sinks are registered (tests register a list). Publish only after the commit.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+log = logging.getLogger("app.events")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One message for an org's channel, encoded once.
+
+    A conflatable event carries a key: a newer event with the same key may replace an older
+    one that has not been delivered yet (state). Non-conflatable events are each delivered.
+    """
+
+    org_id: int
+    key: str | None
+    conflatable: bool
+    payload: bytes
+
+    def __post_init__(self) -> None:
+        if self.conflatable and not self.key:
+            raise ValueError("a conflatable event needs the key it conflates on")
+
+
+def fact(org_id: int, type_: str, data: Any) -> Event:
+    """Build a non-conflatable event: something that happened, delivered every time."""
+    body = {"type": type_, "orgId": org_id, "data": data}
+    return Event(org_id, None, False, orjson.dumps(body))
+
+
+def state(org_id: int, type_: str, key: str, data: Any) -> Event:
+    """Build a conflatable event: the latest value of the entity named by key."""
+    body = {"type": type_, "orgId": org_id, "key": key, "data": data}
+    return Event(org_id, key, True, orjson.dumps(body))
+
+
+class Publisher(Protocol):
+    def publish(self, event: Event) -> None: ...
+
+    def publish_many(self, events: Iterable[Event]) -> None: ...
+
+
+Sink = Callable[[Event], None]
+
+
+class EventBus:
+    """In-process Publisher: hands each event to every registered sink, in order."""
+
+    def __init__(self) -> None:
+        self._sinks: list[Sink] = []
+
+    def subscribe(self, sink: Sink) -> Callable[[], None]:
+        """Register a sink; returns the function that removes it."""
+        self._sinks.append(sink)
+        return lambda: self._sinks.remove(sink)
+
+    def publish(self, event: Event) -> None:
+        for sink in tuple(self._sinks):
+            try:
+                sink(event)
+            except Exception:
+                # The write already committed; a failing sink must not turn it into an error.
+                log.exception("event sink failed", extra={"sink": getattr(sink, "__name__", "?")})
+
+    def publish_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.publish(event)

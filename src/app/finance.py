@@ -1,0 +1,519 @@
+"""Expenses, revenues and their summary, each scoped to the caller's org.
+
+A property of another org answers exactly like a property that does not exist (404).
+Money is integer minor units end to end; totals are grouped by currency in SQL.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import re
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from sqlalchemy import BigInteger, Table, and_, cast, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import accounts
+from .auth import Principal, authenticate
+from .currencies import ISO_4217
+from .errors import InvalidCursor, NotFound
+from .events import Event, Publisher, fact, state
+from .openapi import Operation
+from .responses import OrjsonResponse
+from .settings import Settings
+from .storage import expenses, property_totals, revenues, utcnow
+from .validation import read_json, read_query
+
+MAX_ID = 2**63 - 1
+PaymentMode = Literal["cash", "upi", "card", "bank_transfer", "cheque", "other"]
+
+
+def _currency(value: str) -> str:
+    if value not in ISO_4217:
+        raise ValueError("must be an active ISO 4217 currency code in upper case, e.g. INR")
+    return value
+
+
+Currency = Annotated[
+    str,
+    AfterValidator(_currency),
+    WithJsonSchema({"type": "string", "enum": sorted(ISO_4217)}),
+]
+
+
+def _must_be_text(value: Any) -> Any:
+    # JSON numbers are not dates here: only an ISO 8601 string with an explicit offset is.
+    if not isinstance(value, str):
+        raise ValueError("must be an ISO 8601 date-time string with an offset")
+    return value
+
+
+def _query_offset(value: Any) -> Any:
+    # An unencoded '+05:30' in a query string arrives as ' 05:30'; restore the sign.
+    if isinstance(value, str):
+        value = re.sub(r" (\d\d:?\d\d)$", r"+\1", value)
+    return value
+
+
+Instant = Annotated[
+    AwareDatetime,
+    BeforeValidator(_must_be_text),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+QueryInstant = Annotated[
+    AwareDatetime,
+    BeforeValidator(_query_offset),
+    WithJsonSchema({"type": "string", "format": "date-time"}),
+]
+Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]
+
+
+class _Camel(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=True
+    )
+
+
+class _EntryIn(_Camel):
+    property_id: Id
+    category: str = Field(min_length=1, max_length=64)
+    amount_cents: StrictInt = Field(
+        gt=0,
+        description="Amount in the currency's minor unit (paise, cents).",
+        json_schema_extra={"x-maximum-setting": "max_amount_cents"},
+    )
+    currency: Currency
+    description: str = Field(default="", max_length=1000)
+    payment_mode: PaymentMode
+
+    @field_validator("amount_cents")
+    @classmethod
+    def _bounded(cls, value: int, info: ValidationInfo) -> int:
+        limit = (info.context or {}).get("max_amount_cents")
+        if limit is not None and value > limit:
+            raise ValueError(f"must be at most {limit}")
+        return value
+
+
+class ExpenseIn(_EntryIn):
+    """A new expense."""
+
+    expense_date: Instant
+
+
+class RevenueIn(_EntryIn):
+    """A new revenue."""
+
+    revenue_date: Instant
+
+
+class _EntryOut(_Camel):
+    id: int
+    property_id: int
+    category: str
+    amount_cents: int
+    currency: str
+    description: str
+    payment_mode: PaymentMode
+    created_at: dt.datetime
+    created_by: int = Field(description="Id of the user who recorded it.")
+
+
+class Expense(_EntryOut):
+    """The stored expense."""
+
+    expense_date: dt.datetime
+
+
+class Revenue(_EntryOut):
+    """The stored revenue."""
+
+    revenue_date: dt.datetime
+
+
+class ExpensePage(_Camel):
+    """A page of expenses, newest first."""
+
+    items: list[Expense]
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null at the end."
+    )
+
+
+class RevenuePage(_Camel):
+    """A page of revenues, newest first."""
+
+    items: list[Revenue]
+    next_cursor: str | None = Field(
+        description="Pass as cursor for the next page; null at the end."
+    )
+
+
+class _Period(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    from_: QueryInstant | None = Field(
+        default=None, alias="from", description="Inclusive start (ISO 8601 with offset)."
+    )
+    to: QueryInstant | None = Field(default=None, description="Exclusive end.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> _Period:
+        if self.from_ and self.to and self.from_ >= self.to:
+            raise ValueError("from must be before to")
+        return self
+
+
+class ListQuery(_Period):
+    property_id: Annotated[int, Field(gt=0, le=MAX_ID)] | None = None
+    cursor: str | None = Field(default=None, max_length=200)
+    limit: int | None = Field(
+        default=None,
+        ge=1,
+        json_schema_extra={
+            "x-maximum-setting": "page_size_max",
+            "x-default-setting": "page_size_default",
+        },
+    )
+
+    @field_validator("limit")
+    @classmethod
+    def _bounded(cls, value: int | None, info: ValidationInfo) -> int | None:
+        limit = (info.context or {}).get("page_size_max")
+        if value is not None and limit is not None and value > limit:
+            raise ValueError(f"must be at most {limit}")
+        return value
+
+
+class SummaryQuery(_Period):
+    property_id: Annotated[int, Field(gt=0, le=MAX_ID)]
+
+
+class CurrencyTotals(_Camel):
+    currency: str
+    expenses_cents: int
+    revenues_cents: int
+    net_cents: int = Field(description="revenuesCents - expensesCents")
+    expense_count: int
+    revenue_count: int
+
+
+class Summary(_Camel):
+    """Totals per currency for a property and period; never summed across currencies."""
+
+    property_id: int
+    from_: dt.datetime | None = Field(alias="from")
+    to: dt.datetime | None
+    totals: list[CurrencyTotals]
+
+
+class Ledger:
+    """One kind of entry (expenses or revenues): its table, names and queries."""
+
+    def __init__(self, table: Table, kind: str, date_field: str) -> None:
+        self.table = table
+        self.kind = kind  # "expense" | "revenue"
+        self.date_field = date_field  # camelCase, as the API names it
+        self.date = table.c[f"{kind}_date"]
+
+    def record(self, row: Any) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "propertyId": row.property_id,
+            "category": row.category,
+            "amountCents": row.amount_cents,
+            "currency": row.currency,
+            "description": row.description,
+            self.date_field: row._mapping[self.date.name],
+            "paymentMode": row.payment_mode,
+            "createdAt": row.created_at,
+            "createdBy": row.created_by,
+        }
+
+    async def create(
+        self, engine: AsyncEngine, bus: Publisher, who: Principal, body: _EntryIn
+    ) -> dict[str, Any]:
+        """Store an entry, bump the property's running totals, publish after commit."""
+        values = {
+            "org_id": who.org_id,
+            "property_id": body.property_id,
+            "category": body.category,
+            "amount_cents": body.amount_cents,
+            "currency": body.currency,
+            "description": body.description,
+            self.date.name: getattr(body, self.date.name),
+            "payment_mode": body.payment_mode,
+            "created_at": utcnow(),
+            "created_by": who.user_id,
+        }
+        async with engine.begin() as conn:
+            if not await accounts.property_in_org(conn, body.property_id, who.org_id):
+                raise NotFound("Property not found.")
+            row = (
+                await conn.execute(insert(self.table).values(values).returning(self.table))
+            ).one()
+            totals = await _bump_totals(
+                conn, self.kind, body.property_id, body.currency, body.amount_cents
+            )
+        record = self.record(row)
+        bus.publish_many(self.events(who.org_id, record, totals))
+        return record
+
+    def events(
+        self, org_id: int, record: dict[str, Any], totals: list[dict[str, Any]]
+    ) -> list[Event]:
+        pid = record["propertyId"]
+        return [
+            fact(org_id, f"{self.kind}.created", record),
+            state(
+                org_id,
+                "property.totals",
+                f"property:{pid}:totals",
+                {"propertyId": pid, "totals": totals},
+            ),
+        ]
+
+    async def page(
+        self, engine: AsyncEngine, who: Principal, query: ListQuery, limit: int
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page, newest first, keyset-paginated over (date, id)."""
+        t = self.table
+        where = [t.c.org_id == who.org_id]
+        if query.property_id is not None:
+            where.append(t.c.property_id == query.property_id)
+        if query.from_:
+            where.append(self.date >= query.from_)
+        if query.to:
+            where.append(self.date < query.to)
+        if query.cursor:
+            after_date, after_id = decode_cursor(query.cursor)
+            where.append(
+                or_(self.date < after_date, and_(self.date == after_date, t.c.id < after_id))
+            )
+        stmt = select(t).where(*where).order_by(self.date.desc(), t.c.id.desc()).limit(limit + 1)
+        async with engine.connect() as conn:
+            if query.property_id is not None and not await accounts.property_in_org(
+                conn, query.property_id, who.org_id
+            ):
+                raise NotFound("Property not found.")
+            rows = (await conn.execute(stmt)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = (
+            encode_cursor(rows[-1]._mapping[self.date.name], rows[-1].id) if more else None
+        )
+        return [self.record(r) for r in rows], next_cursor
+
+    def totals_query(self, property_id: int, period: _Period) -> Any:
+        t = self.table
+        where = [t.c.property_id == property_id]
+        if period.from_:
+            where.append(self.date >= period.from_)
+        if period.to:
+            where.append(self.date < period.to)
+        # PostgreSQL's SUM(bigint) is numeric; cast back so the driver hands over an int.
+        total = cast(func.sum(t.c.amount_cents), BigInteger)
+        return (
+            select(t.c.currency, total.label("total"), func.count().label("n"))
+            .where(*where)
+            .group_by(t.c.currency)
+        )
+
+
+EXPENSES = Ledger(expenses, "expense", "expenseDate")
+REVENUES = Ledger(revenues, "revenue", "revenueDate")
+
+
+async def _bump_totals(
+    conn: AsyncConnection, kind: str, property_id: int, currency: str, amount: int
+) -> list[dict[str, Any]]:
+    """Add to the property's running total in this transaction; return all its currencies."""
+    pt = property_totals
+    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
+    column = f"{kind}s_cents"
+    stmt = dialect_insert(pt).values(
+        property_id=property_id,
+        currency=currency,
+        expenses_cents=amount if kind == "expense" else 0,
+        revenues_cents=amount if kind == "revenue" else 0,
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[pt.c.property_id, pt.c.currency],
+        set_={column: pt.c[column] + stmt.excluded[column]},
+    )
+    await conn.execute(stmt)
+    rows = await conn.execute(
+        select(pt.c.currency, pt.c.expenses_cents, pt.c.revenues_cents)
+        .where(pt.c.property_id == property_id)
+        .order_by(pt.c.currency)
+    )
+    return [
+        {
+            "currency": r.currency,
+            "expensesCents": r.expenses_cents,
+            "revenuesCents": r.revenues_cents,
+        }
+        for r in rows
+    ]
+
+
+def encode_cursor(date: dt.datetime, id_: int) -> str:
+    raw = orjson.dumps([date.astimezone(dt.UTC).isoformat(), id_])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
+    """Read a cursor back; anything not made by encode_cursor is a 400 invalid_cursor."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        date_s, id_ = orjson.loads(raw)
+        date = dt.datetime.fromisoformat(date_s)
+        if date.tzinfo is None or type(id_) is not int or not 0 < id_ <= MAX_ID:
+            raise ValueError("bad cursor fields")
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidCursor("The cursor is not one this API issued.") from None
+    return date, id_
+
+
+async def summarise(engine: AsyncEngine, who: Principal, query: SummaryQuery) -> dict[str, Any]:
+    """Totals per currency of one property's expenses and revenues over a period."""
+    by_currency: dict[str, dict[str, Any]] = {}
+    async with engine.connect() as conn:
+        if not await accounts.property_in_org(conn, query.property_id, who.org_id):
+            raise NotFound("Property not found.")
+        for ledger in (EXPENSES, REVENUES):
+            for row in await conn.execute(ledger.totals_query(query.property_id, query)):
+                entry = by_currency.setdefault(
+                    row.currency,
+                    {
+                        "currency": row.currency,
+                        "expensesCents": 0,
+                        "revenuesCents": 0,
+                        "expenseCount": 0,
+                        "revenueCount": 0,
+                    },
+                )
+                entry[f"{ledger.kind}sCents"] = int(row.total)
+                entry[f"{ledger.kind}Count"] = int(row.n)
+    totals = []
+    for currency in sorted(by_currency):
+        entry = by_currency[currency]
+        entry["netCents"] = entry["revenuesCents"] - entry["expensesCents"]
+        totals.append(entry)
+    return {"propertyId": query.property_id, "from": query.from_, "to": query.to, "totals": totals}
+
+
+def _limits(settings: Settings) -> dict[str, int]:
+    return {"max_amount_cents": settings.max_amount_cents, "page_size_max": settings.page_size_max}
+
+
+def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
+    async def endpoint(request: Request) -> Response:
+        who = authenticate(request)
+        body = await read_json(request, model, context=_limits(request.app.state.settings))
+        record = await ledger.create(request.app.state.db, request.app.state.events, who, body)
+        return OrjsonResponse(record, status_code=201)
+
+    endpoint.__name__ = f"create_{ledger.kind}"
+    endpoint.__doc__ = f"Record a {ledger.kind} for a property of the caller's org."
+    return endpoint
+
+
+def _list(ledger: Ledger) -> Any:
+    async def endpoint(request: Request) -> Response:
+        who = authenticate(request)
+        settings: Settings = request.app.state.settings
+        query = read_query(request, ListQuery, context=_limits(settings))
+        limit = query.limit or settings.page_size_default
+        items, next_cursor = await ledger.page(request.app.state.db, who, query, limit)
+        return OrjsonResponse({"items": items, "nextCursor": next_cursor})
+
+    endpoint.__name__ = f"list_{ledger.kind}s"
+    endpoint.__doc__ = (
+        f"List the org's {ledger.kind}s newest first, optionally for one property and a period."
+    )
+    return endpoint
+
+
+async def summary(request: Request) -> Response:
+    """Totals per currency for one property over a period (from inclusive, to exclusive)."""
+    who = authenticate(request)
+    query = read_query(request, SummaryQuery)
+    return OrjsonResponse(await summarise(request.app.state.db, who, query))
+
+
+_WRITE_ERRORS = (400, 401, 404, 413, 415, 422)
+_READ_ERRORS = (400, 401, 404, 422)
+
+operations = [
+    Operation(
+        "POST",
+        "/v1/finance/expenses",
+        _create(EXPENSES, ExpenseIn),
+        "Record an expense",
+        "finance",
+        body=ExpenseIn,
+        responses={201: Expense},
+        errors=_WRITE_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/v1/finance/expenses",
+        _list(EXPENSES),
+        "List expenses",
+        "finance",
+        query=ListQuery,
+        responses={200: ExpensePage},
+        errors=_READ_ERRORS,
+    ),
+    Operation(
+        "POST",
+        "/v1/finance/revenues",
+        _create(REVENUES, RevenueIn),
+        "Record a revenue",
+        "finance",
+        body=RevenueIn,
+        responses={201: Revenue},
+        errors=_WRITE_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/v1/finance/revenues",
+        _list(REVENUES),
+        "List revenues",
+        "finance",
+        query=ListQuery,
+        responses={200: RevenuePage},
+        errors=_READ_ERRORS,
+    ),
+    Operation(
+        "GET",
+        "/v1/finance/summary",
+        summary,
+        "Totals per currency",
+        "finance",
+        query=SummaryQuery,
+        responses={200: Summary},
+        errors=_READ_ERRORS,
+    ),
+]

@@ -1,0 +1,177 @@
+"""The one schema, the engine for SQLite or PostgreSQL, and migrations run at start-up."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    event,
+    text,
+)
+from sqlalchemy.engine import Connection, Dialect, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+UTC = dt.UTC
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """An aware instant stored in UTC, read back aware on every dialect.
+
+    SQLite has no time zone type: it gets naive UTC text, which also sorts correctly.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime reached storage")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        assert isinstance(value, dt.datetime)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Integer keys everywhere; SQLite only auto-increments a column typed exactly INTEGER.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+orgs = Table(
+    "orgs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("org_id", Id, ForeignKey("orgs.id"), nullable=False, index=True),
+    Column("email", String(320), nullable=False, unique=True),  # stored lower-cased
+    Column("password_hash", String(255), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+)
+
+properties = Table(
+    "properties",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("org_id", Id, ForeignKey("orgs.id"), nullable=False, index=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("org_id", "name"),
+)
+
+
+def _entries(name: str, date_column: str) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("id", Id, primary_key=True, autoincrement=True),
+        Column("org_id", Id, ForeignKey("orgs.id"), nullable=False),
+        Column("property_id", Id, ForeignKey("properties.id"), nullable=False),
+        Column("category", String(64), nullable=False),
+        Column("amount_cents", BigInteger(), nullable=False),
+        Column("currency", String(3), nullable=False),
+        Column("description", Text(), nullable=False),
+        Column(date_column, UTCDateTime(), nullable=False),
+        Column("payment_mode", String(32), nullable=False),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("created_by", Id, ForeignKey("users.id"), nullable=False),
+        # Serves the list's (date, id) keyset order within a property and the summary's range.
+        Index(f"ix_{name}_property_date_id", "property_id", date_column, "id"),
+        Index(f"ix_{name}_org_date_id", "org_id", date_column, "id"),
+    )
+
+
+expenses = _entries("expenses", "expense_date")
+revenues = _entries("revenues", "revenue_date")
+
+# Running totals per property and currency, updated in the write's own transaction so the
+# realtime state never needs a scan of the ledger.
+property_totals = Table(
+    "property_totals",
+    metadata,
+    Column("property_id", Id, ForeignKey("properties.id"), primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("expenses_cents", BigInteger(), nullable=False),
+    Column("revenues_cents", BigInteger(), nullable=False),
+)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(UTC)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets readers run beside the one writer; SQLite leaves foreign keys off unless asked.
+    # synchronous stays at its FULL default: a committed expense must survive a power cut.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def create_engine(database_url: str) -> AsyncEngine:
+    """Create the async engine for SQLite (a file, WAL mode) or PostgreSQL."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        if url.database and url.database != ":memory:":
+            Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        # timeout is SQLite's busy wait: writers queue for the lock instead of failing.
+        engine = create_async_engine(url, connect_args={"timeout": 30})
+        event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "app:migrations")
+    config.attributes["connection"] = connection
+    command.upgrade(config, "head")
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest migration."""
+    async with engine.begin() as conn:
+        await conn.run_sync(_upgrade)
+
+
+async def ping(engine: AsyncEngine) -> None:
+    """Raise unless the database answers a trivial query."""
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
