@@ -2,8 +2,11 @@
 
 from collections.abc import Iterable, Sequence
 
+from typing_extensions import disjoint_base
+
 from .protocol import Codec as Codec
 
+@disjoint_base  # a cdef class: it cannot share a subclass with another compiled base
 class FrameEncoder:
     """Build wire frames (docs/PROTOCOL.md) from windows of already-encoded JSON payloads."""
 
