@@ -302,7 +302,7 @@ cdef class FrameEncoder:
         """Build the frame once per distinct codec; codecs that end up raw share one frame."""
         if isinstance(codecs, (str, bytes)):
             raise StreamcoreTypeError("codecs must be an iterable of Codec, not a single str")
-        cdef list wanted = [_check_codec(c) for c in codecs]
+        cdef list wanted = [_check_codec(each) for each in codecs]
         items = self._items(seq, payloads, kind)
         cdef uint64_t useq = seq
         cdef uint8_t ukind = kind
