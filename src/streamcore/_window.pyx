@@ -24,7 +24,7 @@ DEF_QUIET_RATE = 10.0
 DEF_BUSY_RATE = 1000.0
 DEF_ALPHA = 0.9
 
-# Slots are int32 with 0 meaning "empty", so at most 2**30 channels (the table holds 2x that).
+# Slots are int32 with 0 meaning "empty", so at most 2**30 channels (the table holds 4x that).
 cdef int64_t MAX_CHANNELS = 1 << 30
 
 
@@ -169,7 +169,7 @@ cdef class AdaptiveWindow:
         return self._length
 
     def observe(self, events, elapsed_ms, idle_ms=0.0):
-        """Update the rate after a window (preceded by idle_ms of silence); return the next length."""
+        """Update the rate after a window (after idle_ms of silence); return the next length."""
         cdef int64_t n = _count(events, "events")
         cdef double elapsed = _real(elapsed_ms, "elapsed_ms")
         cdef double idle = _real(idle_ms, "idle_ms")
@@ -228,7 +228,7 @@ cdef class WindowScheduler:
     cdef Channel* _chans
     cdef int64_t _n            # known channels
     cdef int64_t _cap
-    cdef int32_t* _table       # slot + 1, 0 = empty; capacity 2 * _cap keeps the load <= 1/2
+    cdef int32_t* _table       # slot + 1, 0 = empty; capacity 4 * _cap keeps the load <= 1/4
     cdef uint64_t _mask
     cdef HeapEntry* _heap
     cdef int64_t* _scratch     # due() output, as large as the heap
@@ -242,14 +242,14 @@ cdef class WindowScheduler:
     def __cinit__(self, *args, **kwargs):
         self._cap = 16
         self._heap_cap = 16
-        self._mask = 2 * self._cap - 1
+        self._mask = 4 * self._cap - 1
         self._chans = <Channel*>PyMem_Malloc(self._cap * sizeof(Channel))
-        self._table = <int32_t*>PyMem_Malloc(2 * self._cap * sizeof(int32_t))
+        self._table = <int32_t*>PyMem_Malloc(4 * self._cap * sizeof(int32_t))
         self._heap = <HeapEntry*>PyMem_Malloc(self._heap_cap * sizeof(HeapEntry))
         self._scratch = <int64_t*>PyMem_Malloc(self._heap_cap * sizeof(int64_t))
         if not (self._chans and self._table and self._heap and self._scratch):
             raise MemoryError()
-        memset(self._table, 0, 2 * self._cap * sizeof(int32_t))
+        memset(self._table, 0, 4 * self._cap * sizeof(int32_t))
         self._now = -1.0 / 0.0
 
     def __dealloc__(self):
@@ -276,11 +276,11 @@ cdef class WindowScheduler:
         if chans == NULL:
             raise MemoryError()
         self._chans = chans
-        table = <int32_t*>PyMem_Malloc(2 * cap * sizeof(int32_t))
+        table = <int32_t*>PyMem_Malloc(4 * cap * sizeof(int32_t))
         if table == NULL:
             raise MemoryError()
-        memset(table, 0, 2 * cap * sizeof(int32_t))
-        mask = <uint64_t>(2 * cap - 1)
+        memset(table, 0, 4 * cap * sizeof(int32_t))
+        mask = <uint64_t>(4 * cap - 1)
         for i in range(self._n):
             h = _hash(chans[i].id) & mask
             while table[h] != 0:
@@ -391,7 +391,7 @@ cdef class WindowScheduler:
 
     # -- the work -------------------------------------------------------------------------------
 
-    cdef int _touch_c(self, int64_t key, int64_t events, double now) noexcept nogil:
+    cdef inline int _touch_c(self, int64_t key, int64_t events, double now) noexcept nogil:
         """Count events on key: 1 if that opened a window, 0 if not, -1 if memory must grow first."""
         cdef int64_t pos = self._find_pos(key)
         cdef int64_t slot = <int64_t>self._table[pos] - 1
@@ -537,7 +537,7 @@ cdef class WindowScheduler:
         return &self._chans[slot]
 
     def window_ms(self, channel):
-        """Return the length of the channel's open window, or of its next one (KeyError if unknown)."""
+        """Return the length of its open window, or of its next one (KeyError if unknown)."""
         return self._known(channel).length_ms
 
     def rate(self, channel):
@@ -545,7 +545,7 @@ cdef class WindowScheduler:
         return self._known(channel).rate
 
     def is_active(self, channel):
-        """Return True when the channel has an open window."""
+        """Return True when the channel has an open window (False if unknown)."""
         cdef int64_t slot = self._slot(_int64(channel, "channel"))
         return slot >= 0 and self._chans[slot].heap_pos >= 0
 
@@ -590,7 +590,7 @@ cdef class WindowScheduler:
     @property
     def nbytes(self):
         """Bytes of C memory held (channel array, index, heap and due() buffer)."""
-        return (self._cap * (sizeof(Channel) + 2 * sizeof(int32_t))
+        return (self._cap * (sizeof(Channel) + 4 * sizeof(int32_t))
                 + self._heap_cap * (sizeof(HeapEntry) + sizeof(int64_t)))
 
     @property
