@@ -34,16 +34,21 @@ class Event:
             raise ValueError("a conflatable event needs the key it conflates on")
 
 
+def _encode(body: dict[str, Any]) -> bytes:
+    # Same encoding as HTTP responses, so a record reads identically on both paths.
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
+
+
 def fact(org_id: int, type_: str, data: Any) -> Event:
     """Build a non-conflatable event: something that happened, delivered every time."""
     body = {"type": type_, "orgId": org_id, "data": data}
-    return Event(org_id, None, False, orjson.dumps(body))
+    return Event(org_id, None, False, _encode(body))
 
 
 def state(org_id: int, type_: str, key: str, data: Any) -> Event:
     """Build a conflatable event: the latest value of the entity named by key."""
     body = {"type": type_, "orgId": org_id, "key": key, "data": data}
-    return Event(org_id, key, True, orjson.dumps(body))
+    return Event(org_id, key, True, _encode(body))
 
 
 class Publisher(Protocol):

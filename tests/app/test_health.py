@@ -25,7 +25,9 @@ def test_readyz_reports_redis(redis_url: str, tmp_path) -> None:
 def test_readyz_is_503_when_redis_is_down(tmp_path) -> None:
     # Port 1 on loopback refuses connections: a dependency that does not answer.
     app = create_app(
-        Settings(redis_url="redis://127.0.0.1:1/0", database_url=f"sqlite+aiosqlite:///{tmp_path}/d")
+        Settings(
+            redis_url="redis://127.0.0.1:1/0", database_url=f"sqlite+aiosqlite:///{tmp_path}/d"
+        )
     )
     with TestClient(app) as client:
         response = client.get("/readyz")

@@ -13,7 +13,12 @@ def test_defaults_run_alone() -> None:
 
 def test_reads_host_port_and_urls() -> None:
     s = Settings.from_env(
-        {"HOST": "0.0.0.0", "PORT": "8080", "REDIS_URL": "redis://x:1/0", "DATABASE_URL": "sqlite://"}
+        {
+            "HOST": "0.0.0.0",
+            "PORT": "8080",
+            "REDIS_URL": "redis://x:1/0",
+            "DATABASE_URL": "sqlite://",
+        }
     )
     assert (s.host, s.port, s.redis_url, s.database_url) == (
         "0.0.0.0",

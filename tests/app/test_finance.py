@@ -1,0 +1,410 @@
+"""The finance API on SQLite and PostgreSQL: happy paths, org isolation, every bad input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from support import Api, Tenant
+
+EXPENSE = {
+    "propertyId": 1,
+    "category": "maintenance",
+    "amountCents": 50000,
+    "currency": "INR",
+    "description": "Test expense",
+    "expenseDate": "2025-12-13T10:00:00Z",
+    "paymentMode": "cash",
+}
+
+
+def expense(tenant: Tenant, **changes: Any) -> dict[str, Any]:
+    return {**EXPENSE, "propertyId": tenant.property_id, **changes}
+
+
+def revenue(tenant: Tenant, **changes: Any) -> dict[str, Any]:
+    body = expense(tenant, category="rent", **changes)
+    body["revenueDate"] = body.pop("expenseDate")
+    return body
+
+
+def post(api: Api, kind: str, tenant: Tenant, body: dict[str, Any]) -> Any:
+    return api.client.post(f"/v1/finance/{kind}", json=body, headers=tenant.auth)
+
+
+def fields(response: Any) -> dict[str, str]:
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_failed"
+    return {d["field"]: d["message"] for d in error["details"]}
+
+
+def test_create_expense_returns_the_stored_record_and_publishes(api: Api) -> None:
+    a = api.tenant("Acme")
+    response = post(api, "expenses", a, expense(a, expenseDate="2025-12-13T15:30:00+05:30"))
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert isinstance(record["id"], int)
+    assert record["createdBy"] == a.user_id
+    assert record["expenseDate"] == "2025-12-13T10:00:00Z"  # the same instant, in UTC
+    assert record["createdAt"].endswith("Z")
+    for key in ("propertyId", "category", "amountCents", "currency", "description", "paymentMode"):
+        assert record[key] == expense(a)[key]
+
+    created, totals = api.events
+    assert (created.org_id, created.conflatable, created.key) == (a.org_id, False, None)
+    assert orjson.loads(created.payload) == {
+        "type": "expense.created",
+        "orgId": a.org_id,
+        "data": record,
+    }
+    assert totals.conflatable and totals.key == f"property:{a.property_id}:totals"
+    body = orjson.loads(totals.payload)
+    assert body["type"] == "property.totals"
+    assert body["data"] == {
+        "propertyId": a.property_id,
+        "totals": [{"currency": "INR", "expensesCents": 50000, "revenuesCents": 0}],
+    }
+
+
+def test_running_totals_follow_every_write_per_currency(api: Api) -> None:
+    a = api.tenant("Acme")
+    post(api, "expenses", a, expense(a, amountCents=100))
+    post(api, "revenues", a, revenue(a, amountCents=700))
+    post(api, "expenses", a, expense(a, amountCents=5, currency="USD"))
+    post(api, "expenses", a, expense(a, amountCents=20))
+    last = orjson.loads(api.events[-1].payload)["data"]["totals"]
+    assert last == [
+        {"currency": "INR", "expensesCents": 120, "revenuesCents": 700},
+        {"currency": "USD", "expensesCents": 5, "revenuesCents": 0},
+    ]
+    kinds = [orjson.loads(e.payload)["type"] for e in api.events]
+    assert kinds.count("expense.created") == 3 and kinds.count("revenue.created") == 1
+
+
+def test_create_revenue(api: Api) -> None:
+    a = api.tenant("Acme")
+    response = post(api, "revenues", a, revenue(a, paymentMode="upi"))
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert record["revenueDate"] == "2025-12-13T10:00:00Z"
+    assert record["paymentMode"] == "upi"
+    assert "expenseDate" not in record
+    assert orjson.loads(api.events[0].payload)["type"] == "revenue.created"
+
+
+@pytest.mark.parametrize("kind", ["expenses", "revenues"])
+def test_another_orgs_property_is_indistinguishable_from_none(api: Api, kind: str) -> None:
+    a, b = api.tenant("Acme"), api.tenant("Bravo")
+    make = expense if kind == "expenses" else revenue
+    theirs = post(api, kind, a, make(a, propertyId=b.property_id))
+    missing = post(api, kind, a, make(a, propertyId=999_999))
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json() == missing.json()
+    assert api.events == []  # nothing was written, so nothing was published
+    listed = api.client.get(
+        f"/v1/finance/{kind}", params={"propertyId": b.property_id}, headers=a.auth
+    )
+    assert listed.status_code == 404 and listed.json() == theirs.json()
+
+
+def test_lists_only_show_the_callers_org(api: Api) -> None:
+    a, b = api.tenant("Acme"), api.tenant("Bravo")
+    post(api, "expenses", a, expense(a, description="mine"))
+    post(api, "expenses", b, expense(b, description="theirs"))
+    items = api.client.get("/v1/finance/expenses", headers=a.auth).json()["items"]
+    assert [i["description"] for i in items] == ["mine"]
+
+
+def test_summary_of_another_org_is_404(api: Api) -> None:
+    a, b = api.tenant("Acme"), api.tenant("Bravo")
+    response = api.client.get(
+        "/v1/finance/summary", params={"propertyId": b.property_id}, headers=a.auth
+    )
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.parametrize("kind", ["expenses", "revenues"])
+def test_pagination_walks_every_item_once_newest_first(api: Api, kind: str) -> None:
+    a = api.tenant("Acme")
+    make, date_key = (expense, "expenseDate") if kind == "expenses" else (revenue, "revenueDate")
+    # Seven entries over four dates, three sharing one instant: the cursor must break ties by id.
+    dates = ["2025-01-01T00:00:00Z", "2025-01-02T00:00:00Z"] + ["2025-01-03T00:00:00Z"] * 3
+    dates += ["2025-01-04T00:00:00+05:30", "2025-01-05T00:00:00Z"]
+    ids = [post(api, kind, a, make(a, **{date_key: d})).json()["id"] for d in dates]
+    seen: list[dict[str, Any]] = []
+    cursor = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"propertyId": a.property_id, "limit": 2}
+        if cursor:
+            params["cursor"] = cursor
+        page = api.client.get(f"/v1/finance/{kind}", params=params, headers=a.auth)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        assert len(body["items"]) <= 2
+        seen += body["items"]
+        pages += 1
+        cursor = body["nextCursor"]
+        if cursor is None:
+            break
+    assert pages == 4
+    assert sorted(i["id"] for i in seen) == sorted(ids)
+    order = [(i[date_key], i["id"]) for i in seen]
+    assert order == sorted(order, reverse=True)
+
+
+def test_date_range_is_from_inclusive_to_exclusive(api: Api) -> None:
+    a = api.tenant("Acme")
+    for day in (1, 2, 3):
+        post(api, "expenses", a, expense(a, expenseDate=f"2025-03-0{day}T00:00:00Z"))
+    params = {"from": "2025-03-02T00:00:00Z", "to": "2025-03-03T00:00:00Z"}
+    items = api.client.get("/v1/finance/expenses", params=params, headers=a.auth).json()["items"]
+    assert [i["expenseDate"] for i in items] == ["2025-03-02T00:00:00Z"]
+    # An offset is honoured: 05:30 in India is midnight UTC, so the 2nd is included.
+    params = {"from": "2025-03-02T05:30:00+05:30"}
+    items = api.client.get("/v1/finance/expenses", params=params, headers=a.auth).json()["items"]
+    assert len(items) == 2
+
+
+def test_an_unencoded_plus_in_the_query_still_means_an_offset(api: Api) -> None:
+    a = api.tenant("Acme")
+    post(api, "expenses", a, expense(a, expenseDate="2025-03-02T00:00:00Z"))
+    # A client that forgot to percent-encode '+' sends a space.
+    url = "/v1/finance/expenses?from=2025-03-02T05:30:00+05:30"
+    response = api.client.get(url, headers=a.auth)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["items"]) == 1
+
+
+def test_summary_totals_per_currency_in_integers(api_factory: Any, database_url: str) -> None:
+    api = api_factory(database_url, max_amount_cents=10**15)
+    a = api.tenant("Acme")
+    other = api.add_property(a, "Annex")
+    post(api, "expenses", a, expense(a, amountCents=1001))
+    post(api, "expenses", a, expense(a, amountCents=2002))
+    # Ten of the largest amounts sum past 2**53, where a float would lose the last digits.
+    for _ in range(10):
+        post(api, "revenues", a, revenue(a, amountCents=10**15 - 1))
+    post(api, "expenses", a, expense(a, amountCents=7, currency="USD"))
+    post(api, "expenses", a, expense(a, amountCents=5, expenseDate="2024-01-01T00:00:00Z"))
+    post(api, "expenses", a, expense(a, propertyId=other, amountCents=999))
+    response = api.client.get(
+        "/v1/finance/summary",
+        params={
+            "propertyId": a.property_id,
+            "from": "2025-01-01T00:00:00Z",
+            "to": "2026-01-01T00:00:00Z",
+        },
+        headers=a.auth,
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["propertyId"] == a.property_id
+    assert body["from"] == "2025-01-01T00:00:00Z" and body["to"] == "2026-01-01T00:00:00Z"
+    assert body["totals"] == [
+        {
+            "currency": "INR",
+            "expensesCents": 3003,
+            "revenuesCents": 9_999_999_999_999_990,
+            "netCents": 9_999_999_999_999_990 - 3003,
+            "expenseCount": 2,
+            "revenueCount": 10,
+        },
+        {
+            "currency": "USD",
+            "expensesCents": 7,
+            "revenuesCents": 0,
+            "netCents": -7,
+            "expenseCount": 1,
+            "revenueCount": 0,
+        },
+    ]
+    assert b'"revenuesCents":9999999999999990' in response.content  # an integer on the wire
+
+
+def test_summary_of_an_empty_period(api: Api) -> None:
+    a = api.tenant("Acme")
+    response = api.client.get(
+        "/v1/finance/summary", params={"propertyId": a.property_id}, headers=a.auth
+    )
+    assert response.status_code == 200
+    assert response.json()["totals"] == []
+
+
+# --- bad input -------------------------------------------------------------------------------
+
+
+def test_every_bad_field_is_listed_at_once(api: Api) -> None:
+    a = api.tenant("Acme")
+    body = {
+        "propertyId": "1",
+        "amountCents": 1.5,
+        "currency": "inr",
+        "expenseDate": "2025-12-13T10:00:00",
+        "paymentMode": "gold",
+        "description": "x" * 1001,
+        "amount": 5,
+    }
+    assert set(fields(post(api, "expenses", a, body))) == {
+        "propertyId",
+        "category",
+        "amountCents",
+        "currency",
+        "expenseDate",
+        "paymentMode",
+        "description",
+        "amount",
+    }
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("amountCents", 0),
+        ("amountCents", -5),
+        ("amountCents", 100_000_000_001),
+        ("amountCents", "50000"),
+        ("amountCents", 500.0),
+        ("amountCents", True),
+        ("amountCents", None),
+        ("currency", "XXX"),
+        ("currency", "EURO"),
+        ("currency", "HRK"),
+        ("expenseDate", "2025-12-13"),
+        ("expenseDate", "13/12/2025 10:00+01:00"),
+        ("expenseDate", 1765620000),
+        ("paymentMode", "CASH"),
+        ("category", ""),
+        ("category", "   "),
+        ("category", "c" * 65),
+        ("propertyId", 0),
+        ("propertyId", 2**63),
+    ],
+)
+def test_each_bad_value_is_a_422_naming_its_field(api: Api, field: str, value: Any) -> None:
+    a = api.tenant("Acme")
+    assert list(fields(post(api, "expenses", a, expense(a, **{field: value})))) == [field]
+    assert api.events == []
+
+
+def test_the_amount_bound_is_a_setting(api_factory: Any, sqlite_url: str) -> None:
+    api = api_factory(sqlite_url, max_amount_cents=1000)
+    a = api.tenant("Acme")
+    assert post(api, "expenses", a, expense(a, amountCents=1000)).status_code == 201
+    assert fields(post(api, "expenses", a, expense(a, amountCents=1001))) == {
+        "amountCents": "must be at most 1000"
+    }
+
+
+def test_revenue_names_its_date_field(api: Api) -> None:
+    a = api.tenant("Acme")
+    assert set(fields(post(api, "revenues", a, expense(a)))) == {"revenueDate", "expenseDate"}
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"]
+)
+def test_a_body_that_is_not_json_is_415(api: Api, content_type: str | None) -> None:
+    a = api.tenant("Acme")
+    headers = {**a.auth}
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = api.client.post(
+        "/v1/finance/expenses", content=orjson.dumps(expense(a)), headers=headers
+    )
+    assert response.status_code == 415
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
+def test_json_with_a_charset_is_accepted(api: Api) -> None:
+    a = api.tenant("Acme")
+    headers = {**a.auth, "Content-Type": "application/json; charset=utf-8"}
+    response = api.client.post(
+        "/v1/finance/expenses", content=orjson.dumps(expense(a)), headers=headers
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"propertyId": 1,}', b"\xff\xfe", b"NaN"])
+def test_malformed_json_is_400(api: Api, raw: bytes) -> None:
+    a = api.tenant("Acme")
+    headers = {**a.auth, "Content-Type": "application/json"}
+    response = api.client.post("/v1/finance/expenses", content=raw, headers=headers)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "malformed_json"
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("raw", [b"[]", b"1", b'"text"', b"null"])
+def test_json_that_is_not_an_object_is_422(api: Api, raw: bytes) -> None:
+    a = api.tenant("Acme")
+    headers = {**a.auth, "Content-Type": "application/json"}
+    response = api.client.post("/v1/finance/expenses", content=raw, headers=headers)
+    assert list(fields(response)) == ["body"]
+
+
+@pytest.mark.parametrize("path", ["/v1/finance/expenses", "/v1/finance/revenues"])
+def test_writes_need_a_token(api: Api, path: str) -> None:
+    response = api.client.post(path, json=EXPENSE)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+    assert response.json()["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize(
+    "path", ["/v1/finance/expenses", "/v1/finance/revenues", "/v1/finance/summary?propertyId=1"]
+)
+def test_reads_need_a_token(api: Api, path: str) -> None:
+    response = api.client.get(path, headers={"Authorization": "Bearer not.a.jwt"})
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "invalid_token"
+
+
+@pytest.mark.parametrize(
+    "cursor", ["garbage!", "bm90LWpzb24", "WzEsMl0", "WyIyMDI1LTAxLTAxVDAwOjAwOjAwIiwxXQ"]
+)
+def test_a_cursor_the_api_did_not_issue_is_400(api: Api, cursor: str) -> None:
+    # Cases: not base64; base64 of non-JSON; [1,2]; a date without an offset.
+    a = api.tenant("Acme")
+    response = api.client.get("/v1/finance/expenses", params={"cursor": cursor}, headers=a.auth)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "201"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"propertyId": "abc"}, "propertyId"),
+        ({"from": "yesterday"}, "from"),
+        ({"to": "2025-01-01T00:00:00"}, "to"),
+        ({"from": "2025-02-01T00:00:00Z", "to": "2025-01-01T00:00:00Z"}, "body"),
+    ],
+)
+def test_bad_list_queries_are_422(api: Api, params: dict[str, str], field: str) -> None:
+    a = api.tenant("Acme")
+    response = api.client.get("/v1/finance/expenses", params=params, headers=a.auth)
+    assert list(fields(response)) == [field]
+
+
+def test_summary_needs_a_property(api: Api) -> None:
+    a = api.tenant("Acme")
+    response = api.client.get("/v1/finance/summary", headers=a.auth)
+    assert list(fields(response)) == ["propertyId"]
+
+
+def test_page_size_defaults_and_bounds_are_settings(api_factory: Any, sqlite_url: str) -> None:
+    api = api_factory(sqlite_url, page_size_default=2, page_size_max=3)
+    a = api.tenant("Acme")
+    for _ in range(4):
+        post(api, "expenses", a, expense(a))
+    page = api.client.get("/v1/finance/expenses", headers=a.auth).json()
+    assert len(page["items"]) == 2 and page["nextCursor"]
+    assert len(api.client.get("/v1/finance/expenses?limit=3", headers=a.auth).json()["items"]) == 3
+    assert list(fields(api.client.get("/v1/finance/expenses?limit=4", headers=a.auth))) == ["limit"]
