@@ -21,13 +21,15 @@ clock in ms; nothing here reads a clock. Neither class is thread-safe; touch_man
 and any other mutating call made meanwhile raises StreamcoreError.
 """
 
-from typing import SupportsIndex
+from typing import SupportsIndex, final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import disjoint_base
 
 __all__ = ["AdaptiveWindow", "WindowScheduler"]
 
+@disjoint_base  # a cdef class: it cannot share a subclass with another compiled base
 class AdaptiveWindow:
     """The window rule for one channel: an EWMA of its event rate mapped onto [min_ms, max_ms]."""
 
@@ -55,6 +57,7 @@ class AdaptiveWindow:
     def observe(self, events: SupportsIndex, elapsed_ms: float, idle_ms: float = 0.0) -> float:
         """Update the rate after a window (after idle_ms of silence); return the next length."""
 
+@final
 class WindowScheduler:
     """Adaptive windows for many channels keyed by int64 id; flushing costs O(active channels)."""
 

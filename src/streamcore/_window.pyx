@@ -18,11 +18,13 @@ from libc.string cimport memcpy, memset
 
 from .errors import StreamcoreError, StreamcoreTypeError, StreamcoreValueError
 
-DEF_MIN_MS = 30.0
-DEF_MAX_MS = 150.0
-DEF_QUIET_RATE = 10.0
-DEF_BUSY_RATE = 1000.0
-DEF_ALPHA = 0.9
+_DEFAULT_MIN_MS = 30.0
+_DEFAULT_MAX_MS = 150.0
+_DEFAULT_QUIET_RATE = 10.0
+_DEFAULT_BUSY_RATE = 1000.0
+_DEFAULT_ALPHA = 0.9
+
+__all__ = ["AdaptiveWindow", "WindowScheduler"]
 
 # Slots are int32 with 0 meaning "empty", so at most 2**30 channels (the table holds 4x that).
 cdef int64_t MAX_CHANNELS = 1 << 30
@@ -143,8 +145,8 @@ cdef class AdaptiveWindow:
     cdef double _rate
     cdef double _length
 
-    def __init__(self, min_ms=DEF_MIN_MS, max_ms=DEF_MAX_MS, quiet_rate=DEF_QUIET_RATE,
-                 busy_rate=DEF_BUSY_RATE, alpha=DEF_ALPHA):
+    def __init__(self, min_ms=_DEFAULT_MIN_MS, max_ms=_DEFAULT_MAX_MS, quiet_rate=_DEFAULT_QUIET_RATE,
+                 busy_rate=_DEFAULT_BUSY_RATE, alpha=_DEFAULT_ALPHA):
         _init_rule(&self._rule, min_ms, max_ms, quiet_rate, busy_rate, alpha)
         self._rate = 0.0
         self._length = self._rule.min_ms
@@ -258,8 +260,8 @@ cdef class WindowScheduler:
         PyMem_Free(self._heap)
         PyMem_Free(self._scratch)
 
-    def __init__(self, min_ms=DEF_MIN_MS, max_ms=DEF_MAX_MS, quiet_rate=DEF_QUIET_RATE,
-                 busy_rate=DEF_BUSY_RATE, alpha=DEF_ALPHA):
+    def __init__(self, min_ms=_DEFAULT_MIN_MS, max_ms=_DEFAULT_MAX_MS, quiet_rate=_DEFAULT_QUIET_RATE,
+                 busy_rate=_DEFAULT_BUSY_RATE, alpha=_DEFAULT_ALPHA):
         _init_rule(&self._rule, min_ms, max_ms, quiet_rate, busy_rate, alpha)
 
     # -- memory ---------------------------------------------------------------------------------
@@ -315,7 +317,7 @@ cdef class WindowScheduler:
     # -- index ----------------------------------------------------------------------------------
 
     cdef inline int64_t _find_pos(self, int64_t key) noexcept nogil:
-        """Table position holding key, or the empty position where it would go."""
+        # the table position holding key, or the empty one where it would go
         cdef uint64_t h = _hash(key) & self._mask
         cdef int32_t s
         while True:
@@ -392,7 +394,7 @@ cdef class WindowScheduler:
     # -- the work -------------------------------------------------------------------------------
 
     cdef inline int _touch_c(self, int64_t key, int64_t events, double now) noexcept nogil:
-        """Count events on key: 1 if that opened a window, 0 if not, -1 if memory must grow first."""
+        # 1 if this opened a window, 0 if not, -1 if memory must grow first (nothing changed)
         cdef int64_t pos = self._find_pos(key)
         cdef int64_t slot = <int64_t>self._table[pos] - 1
         cdef Channel* c
