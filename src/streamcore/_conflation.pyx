@@ -17,7 +17,7 @@ from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Check
 from cpython.unicode cimport PyUnicode_Check
 from libc.stdint cimport UINT32_MAX, int64_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
 cdef extern from *:
     """
@@ -37,128 +37,140 @@ from streamcore.errors import StreamcoreTypeError, StreamcoreValueError
 
 
 # ---------------------------------------------------------------------------------------------
-# An open-addressing (linear probing) hash table int64 key -> uint32 value, in C memory.
-# A slot is live only if its `gen` equals the table's: clearing a window is one increment,
-# not a pass over the whole table, so a table grown by one burst stays cheap to reset.
+# IntMap: int64 key -> int64 value in first-seen order, in C memory. `pairs` holds the entries in
+# insertion order; `slots` is an open-addressing (linear probing) index of 4-byte pair numbers.
+# The index is kept at most 1/8 full: a displaced key costs a mispredicted branch, which is the
+# dominant cost of a lookup, and with 4-byte slots a sparse index is as big as a 1/2-full table of
+# 16-byte entries. `homes` records where each pair sits in the index, so emptying a window
+# touches only its own keys, never the whole (possibly burst-grown) index.
 
-cdef struct Entry:
+cdef struct Pair:
     int64_t key
-    uint32_t val
-    uint32_t gen
+    int64_t value
 
-cdef struct Table:
-    Entry* entries
+cdef struct IntMap:
+    uint32_t* slots   # capacity entries: a pair number, or _EMPTY
+    Pair* pairs       # room for max_fill pairs
+    uint32_t* homes   # homes[v]: the index slot that holds pair v
     size_t mask       # capacity - 1 (capacity is a power of two)
-    size_t count      # live entries
-    size_t max_fill   # grow before count exceeds 3/4 of capacity
-    uint32_t gen
+    size_t count      # live pairs
+    size_t max_fill   # capacity / 8
 
-# Values are uint32 slot numbers, so a table never holds more than this many keys.
-cdef size_t _MAX_CAPACITY = (<size_t>1) << 32
+cdef uint32_t _EMPTY = UINT32_MAX
+cdef size_t _MIN_CAPACITY = 64
+# Pair numbers are uint32 and _EMPTY is reserved.
+cdef size_t _MAX_FILL = <size_t>UINT32_MAX - 1
 
 
 cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
     # Fibonacci hashing: one multiply, then fold the well-mixed high half onto the low bits we mask,
-    # so sequential or strided ids spread over the table.
+    # so sequential or strided ids spread over the index.
     x *= 0x9e3779b97f4a7c15ULL
     return x ^ (x >> 32)
 
 
-cdef inline Entry* _probe(Entry* entries, size_t mask, uint32_t gen, int64_t key) noexcept nogil:
-    """Return the entry holding key, or the free entry where it belongs (live iff e.gen == gen)."""
-    cdef size_t i = <size_t>_mix(<uint64_t>key) & mask
-    cdef Entry* e = &entries[i]
-    while e.gen == gen and e.key != key:
-        i = (i + 1) & mask
-        e = &entries[i]
-    return e
+cdef inline size_t _find(const IntMap* m, int64_t key) noexcept nogil:
+    """Return the index slot holding key's pair number, or the empty slot where it belongs."""
+    cdef size_t h = <size_t>_mix(<uint64_t>key) & m.mask
+    cdef uint32_t v = m.slots[h]
+    while v != _EMPTY and m.pairs[v].key != key:
+        h = (h + 1) & m.mask
+        v = m.slots[h]
+    return h
+
+
+cdef inline Pair* _insert(IntMap* m, size_t h, int64_t key) noexcept nogil:
+    """Append key's pair at empty index slot h (the caller checked count < max_fill)."""
+    cdef uint32_t v = <uint32_t>m.count
+    m.slots[h] = v
+    m.homes[v] = <uint32_t>h
+    m.pairs[v].key = key
+    m.count += 1
+    return &m.pairs[v]
 
 
 cdef size_t _capacity_for(size_t n):
-    """The smallest power-of-two capacity whose 3/4 fill holds n keys."""
-    cdef size_t cap = 16
-    while cap // 2 < n:
+    """The smallest power-of-two capacity whose max_fill holds n keys."""
+    cdef size_t cap = _MIN_CAPACITY
+    while cap // 8 < n:
         cap <<= 1
     return cap
 
 
-cdef int _table_init(Table* t, size_t cap) except -1:
-    t.entries = <Entry*>PyMem_Malloc(cap * sizeof(Entry))
-    if t.entries == NULL:
-        raise MemoryError(f"conflation table of {cap} entries")
-    memset(t.entries, 0, cap * sizeof(Entry))
-    t.mask = cap - 1
-    t.count = 0
-    t.max_fill = cap // 2
-    t.gen = 1
-    return 0
-
-
-cdef int _table_grow(Table* t) except -1:
-    cdef size_t old_cap = t.mask + 1
-    cdef size_t cap = old_cap * 2
-    cdef size_t i
-    cdef Entry* old = t.entries
-    cdef Entry* e
-    if cap > _MAX_CAPACITY:
+cdef int _map_alloc(IntMap* m, size_t cap) except -1:
+    """Give m an empty index of cap slots and room for cap / 8 pairs (keeping its pairs)."""
+    cdef size_t fill = cap // 8
+    if fill > _MAX_FILL:
         raise StreamcoreValueError("conflation window holds too many distinct keys; drain it more often")
-    cdef Entry* entries = <Entry*>PyMem_Malloc(cap * sizeof(Entry))
-    if entries == NULL:
-        raise MemoryError(f"conflation table of {cap} entries")
-    memset(entries, 0, cap * sizeof(Entry))
-    for i in range(old_cap):
-        if old[i].gen == t.gen:
-            e = _probe(entries, cap - 1, 1, old[i].key)
-            e.key = old[i].key
-            e.val = old[i].val
-            e.gen = 1
-    PyMem_Free(old)
-    t.entries = entries
-    t.mask = cap - 1
-    t.max_fill = cap // 2
-    t.gen = 1
+    cdef uint32_t* slots = <uint32_t*>PyMem_Malloc(cap * sizeof(uint32_t))
+    if slots == NULL:
+        raise MemoryError(f"conflation index of {cap} slots")
+    cdef Pair* pairs = <Pair*>PyMem_Realloc(m.pairs, fill * sizeof(Pair))
+    if pairs == NULL:
+        PyMem_Free(slots)
+        raise MemoryError(f"conflation pairs for {fill} keys")
+    m.pairs = pairs
+    cdef uint32_t* homes = <uint32_t*>PyMem_Realloc(m.homes, fill * sizeof(uint32_t))
+    if homes == NULL:
+        PyMem_Free(slots)
+        raise MemoryError(f"conflation pairs for {fill} keys")
+    m.homes = homes
+    memset(slots, 0xFF, cap * sizeof(uint32_t))  # every slot _EMPTY
+    PyMem_Free(m.slots)
+    m.slots = slots
+    m.mask = cap - 1
+    m.max_fill = fill
     return 0
 
 
-cdef inline void _table_clear(Table* t) noexcept nogil:
-    t.count = 0
-    t.gen += 1
-    if t.gen == 0:  # after 2**32 windows the stamps wrap: wipe them once
-        memset(t.entries, 0, (t.mask + 1) * sizeof(Entry))
-        t.gen = 1
+cdef int _map_grow(IntMap* m) except -1:
+    _map_alloc(m, (m.mask + 1) * 2)
+    cdef size_t v, h
+    for v in range(m.count):
+        h = _find(m, m.pairs[v].key)
+        m.slots[h] = <uint32_t>v
+        m.homes[v] = <uint32_t>h
+    return 0
 
 
-cdef Py_ssize_t _int_run(Table* t, int64_t* out_keys, int64_t* out_refs,
-                         const int64_t* keys, const int64_t* refs,
+cdef void _map_free(IntMap* m) noexcept:
+    PyMem_Free(m.slots)
+    PyMem_Free(m.pairs)
+    PyMem_Free(m.homes)
+    m.slots = NULL
+    m.pairs = NULL
+    m.homes = NULL
+
+
+cdef inline void _map_clear(IntMap* m) noexcept nogil:
+    cdef size_t v
+    for v in range(m.count):
+        m.slots[m.homes[v]] = _EMPTY
+    m.count = 0
+
+
+cdef Py_ssize_t _int_run(IntMap* map, const int64_t* keys, const int64_t* refs,
                          Py_ssize_t start, Py_ssize_t end) noexcept nogil:
-    """Conflate keys[start:end]; return where it stopped (end, or the pair that needs a bigger table)."""
-    # Locals, not t->fields: stores through out_refs may alias them and force reloads.
-    cdef Entry* entries = t.entries
-    cdef size_t mask = t.mask
-    cdef uint32_t gen = t.gen
-    cdef size_t count = t.count
-    cdef size_t max_fill = t.max_fill
+    """Conflate keys[start:end]; return where it stopped (end, or the pair that needs a bigger map)."""
+    # A local copy: stores through pairs could alias *map and force the compiler to reload it.
+    cdef IntMap m = map[0]
     cdef Py_ssize_t i
-    cdef int64_t key
-    cdef Entry* e
+    cdef size_t h
+    cdef uint32_t v
     for i in range(start, end):
+        # The index is random access: ask for the slot of a key 16 pushes ahead now.
         if i + 16 < end:
-            SC_PREFETCH(&entries[<size_t>_mix(<uint64_t>keys[i + 16]) & mask])
-        key = keys[i]
-        e = _probe(entries, mask, gen, key)
-        if e.gen == gen:
-            out_refs[e.val] = refs[i]
-        elif count < max_fill:
-            e.key = key
-            e.val = <uint32_t>count
-            e.gen = gen
-            out_keys[count] = key
-            out_refs[count] = refs[i]
-            count += 1
+            SC_PREFETCH(&m.slots[<size_t>_mix(<uint64_t>keys[i + 16]) & m.mask])
+        h = _find(&m, keys[i])
+        v = m.slots[h]
+        if v != _EMPTY:
+            m.pairs[v].value = refs[i]
+        elif m.count < m.max_fill:
+            _insert(&m, h, keys[i]).value = refs[i]
         else:
-            t.count = count
+            map.count = m.count
             return i
-    t.count = count
+    map.count = m.count
     return end
 
 
@@ -248,9 +260,7 @@ cdef bytes _merge_json(object key, bytes old, bytes new):
 cdef class IntConflator:
     """Latest ref per int64 key, keys in first-seen order; a C hash table, no Python objects."""
 
-    cdef Table _table
-    cdef int64_t* _keys   # first-seen order; room for table.max_fill pairs
-    cdef int64_t* _refs
+    cdef IntMap _map
     cdef uint64_t _events_in
     cdef uint64_t _events_out
 
@@ -260,37 +270,18 @@ cdef class IntConflator:
             raise StreamcoreValueError(f"capacity_hint must be >= 0, not {hint}")
         if hint > (<int64_t>1 << 31):
             raise StreamcoreValueError(f"capacity_hint {hint} is above the limit of 2**31 keys")
-        _table_init(&self._table, _capacity_for(<size_t>hint))
-        self._keys = <int64_t*>PyMem_Malloc(self._table.max_fill * sizeof(int64_t))
-        self._refs = <int64_t*>PyMem_Malloc(self._table.max_fill * sizeof(int64_t))
-        if self._keys == NULL or self._refs == NULL:
-            raise MemoryError("conflation order arrays")
+        _map_alloc(&self._map, _capacity_for(<size_t>hint))
 
     def __dealloc__(self):
-        PyMem_Free(self._table.entries)
-        PyMem_Free(self._keys)
-        PyMem_Free(self._refs)
-
-    cdef int _grow(self) except -1:
-        _table_grow(&self._table)
-        cdef size_t n = self._table.max_fill
-        cdef int64_t* keys = <int64_t*>PyMem_Realloc(self._keys, n * sizeof(int64_t))
-        if keys == NULL:
-            raise MemoryError("conflation order arrays")
-        self._keys = keys
-        cdef int64_t* refs = <int64_t*>PyMem_Realloc(self._refs, n * sizeof(int64_t))
-        if refs == NULL:
-            raise MemoryError("conflation order arrays")
-        self._refs = refs
-        return 0
+        _map_free(&self._map)
 
     def push(self, key, ref):
         """Record ref as the latest for key."""
         cdef int64_t k = _as_c_int64(key, "key")
         cdef int64_t r = _as_c_int64(ref, "ref")
-        if _int_run(&self._table, self._keys, self._refs, &k, &r, 0, 1) == 0:
-            self._grow()
-            _int_run(&self._table, self._keys, self._refs, &k, &r, 0, 1)
+        if _int_run(&self._map, &k, &r, 0, 1) == 0:
+            _map_grow(&self._map)
+            _int_run(&self._map, &k, &r, 0, 1)
         self._events_in += 1
 
     def push_many(self, keys, refs):
@@ -306,34 +297,37 @@ cdef class IntConflator:
             return
         while True:
             with nogil:
-                stop = _int_run(&self._table, self._keys, self._refs, &kv[0], &rv[0], done, n)
+                stop = _int_run(&self._map, &kv[0], &rv[0], done, n)
             self._events_in += <uint64_t>(stop - done)
             done = stop
             if done == n:
                 return
             # PyMem_Malloc wants the GIL: leave the loop to grow, which happens log2(keys) times.
-            self._grow()
+            _map_grow(&self._map)
 
     def drain(self):
         """Return (keys, refs) as int64 arrays in first-seen order and start a new window."""
-        cdef Py_ssize_t n = <Py_ssize_t>self._table.count
+        cdef Py_ssize_t n = <Py_ssize_t>self._map.count
+        cdef Py_ssize_t i
         keys = np.empty(n, dtype=np.int64)
         refs = np.empty(n, dtype=np.int64)
         cdef int64_t[::1] kv = keys
         cdef int64_t[::1] rv = refs
-        if n > 0:
-            memcpy(&kv[0], self._keys, n * sizeof(int64_t))
-            memcpy(&rv[0], self._refs, n * sizeof(int64_t))
+        cdef Pair* pairs = self._map.pairs
+        with nogil:
+            for i in range(n):
+                kv[i] = pairs[i].key
+                rv[i] = pairs[i].value
+            _map_clear(&self._map)
         self._events_out += <uint64_t>n
-        _table_clear(&self._table)
         return keys, refs
 
     def clear(self):
         """Discard the window without emitting it (the discarded events stay counted in events_in)."""
-        _table_clear(&self._table)
+        _map_clear(&self._map)
 
     def __len__(self):
-        return <Py_ssize_t>self._table.count
+        return <Py_ssize_t>self._map.count
 
     @property
     def events_in(self):
@@ -357,7 +351,7 @@ cdef class Conflator:
 
     cdef list _payloads     # slot order
     cdef dict _index        # str key (or int beyond int64) -> slot number
-    cdef Table _table       # int64 key -> slot number
+    cdef IntMap _map        # int64 key -> slot number
     cdef bint _merge
     cdef str _mode
     cdef Py_ssize_t _pending_bytes
@@ -373,10 +367,10 @@ cdef class Conflator:
         self._merge = mode == "merge"
         self._payloads = []
         self._index = {}
-        _table_init(&self._table, 64)
+        _map_alloc(&self._map, _MIN_CAPACITY)
 
     def __dealloc__(self):
-        PyMem_Free(self._table.entries)
+        _map_free(&self._map)
 
     cdef inline int _append(self, object payload) except -1:
         self._payloads.append(payload)
@@ -399,20 +393,15 @@ cdef class Conflator:
         return self._replace(PyLong_AsSsize_t(<object>found), key, payload)
 
     cdef int _push_int64_key(self, int64_t key, object payload) except -1:
-        cdef Table* t = &self._table
-        cdef Entry* e = _probe(t.entries, t.mask, t.gen, key)
-        if e.gen == t.gen:
-            return self._replace(e.val, key, payload)
-        if t.count >= t.max_fill:
-            _table_grow(t)
-            e = _probe(t.entries, t.mask, t.gen, key)
-        cdef Py_ssize_t slot = PyList_GET_SIZE(self._payloads)
-        if <size_t>slot >= UINT32_MAX:
-            raise StreamcoreValueError("conflation window holds too many slots; drain it more often")
-        e.key = key
-        e.val = <uint32_t>slot
-        e.gen = t.gen
-        t.count += 1
+        cdef IntMap* m = &self._map
+        cdef size_t h = _find(m, key)
+        cdef uint32_t v = m.slots[h]
+        if v != _EMPTY:
+            return self._replace(<Py_ssize_t>m.pairs[v].value, key, payload)
+        if m.count >= m.max_fill:
+            _map_grow(m)
+            h = _find(m, key)
+        _insert(m, h, key).value = PyList_GET_SIZE(self._payloads)
         return self._append(payload)
 
     cdef int _push_checked(self, object key, object payload, bint conflatable) except -1:
@@ -470,7 +459,7 @@ cdef class Conflator:
         cdef list out = self._payloads
         self._payloads = []
         self._index = {}
-        _table_clear(&self._table)
+        _map_clear(&self._map)
         self._pending_bytes = 0
         self._events_out += <uint64_t>PyList_GET_SIZE(out)
         return out

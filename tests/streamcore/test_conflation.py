@@ -270,6 +270,22 @@ def test_int_conflator_heavy_collisions_and_growth():
     assert got_refs.tolist() == want_refs
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(-50, 50), max_size=300), min_size=1, max_size=6))
+def test_int_conflator_windows_with_different_keys(windows):
+    """Emptying a window must forget its keys without disturbing the next window's."""
+    c = IntConflator(0)
+    for n, key_list in enumerate(windows):
+        refs = list(range(n * 1000, n * 1000 + len(key_list)))
+        if n % 2:
+            for k, r in zip(key_list, refs):
+                c.push(k, r)
+        else:
+            c.push_many(np.array(key_list, dtype=np.int64), np.array(refs, dtype=np.int64))
+        got = c.drain()
+        assert (got[0].tolist(), got[1].tolist()) == reference_int_conflate(key_list, refs)
+
+
 def test_int_conflator_push_matches_push_many():
     one, many = IntConflator(1), IntConflator(1)
     keys = [3, 1, 3, 2**63 - 1, -(2**63), 1, 0]
