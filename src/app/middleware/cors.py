@@ -1,12 +1,20 @@
-"""Starlette's CORS middleware, with refused preflights answered in the API's error shape."""
+"""Starlette's CORS middleware, made strict about who gets credentials.
+
+Starlette adds Access-Control-Allow-Credentials (and Expose-Headers) to every response that
+has an Origin; here they go only to listed origins, and a refused preflight carries no
+Access-Control-* header at all and answers in the API's error shape.
+"""
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.types import Message, Send
 
 from ..errors import error_response
+
+_LISTED_ONLY = ("access-control-allow-credentials", "access-control-expose-headers")
 
 
 class CorsMiddleware(CORSMiddleware):
@@ -14,11 +22,27 @@ class CorsMiddleware(CORSMiddleware):
         response = super().preflight_response(request_headers)
         if response.status_code != 400:
             return response
-        # Starlette answers plain text naming the failures; keep its headers, reshape the body.
         reasons = bytes(response.body).decode().removeprefix("Disallowed CORS ").split(", ")
-        headers = {
-            k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")
-        }
         return error_response(
-            400, "cors_rejected", "CORS preflight refused.", {"disallowed": reasons}, headers
+            400,
+            "cors_rejected",
+            "CORS preflight refused.",
+            {"disallowed": reasons},
+            {"Vary": "Origin"},
         )
+
+    async def send(self, message: Message, send: Send, request_headers: Headers) -> None:
+        origin = request_headers.get("origin")
+        if origin is None or self.is_allowed_origin(origin):
+            await super().send(message, send, request_headers)
+            return
+
+        async def strip(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name in _LISTED_ONLY:
+                    if name in headers:
+                        del headers[name]
+            await send(message)
+
+        await super().send(message, strip, request_headers)

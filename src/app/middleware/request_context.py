@@ -45,6 +45,7 @@ class RequestContextMiddleware:
             log.info(
                 "request",
                 extra={
+                    "requestId": rid,  # explicit: the record may be formatted after the reset
                     "method": scope.get("method", "WS"),
                     "path": scope["path"],
                     "status": status,
