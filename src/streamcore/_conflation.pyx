@@ -1,9 +1,11 @@
+# cython: autotestdict=False
 """Entity-keyed conflation: the latest event per key, keys in first-seen order, once per window.
 
 `IntConflator` is the pure-C path (int64 key -> int64 ref). `Conflator` holds bytes payloads: int keys
-go through the same C table, str keys (and ints beyond int64) through a dict cleared at each drain, so
-memory stays bounded by one window's distinct keys. The specification is
-`streamcore.reference.conflation`.
+go through the same C map, str keys (and ints beyond int64) through a dict emptied at each drain, so
+memory stays bounded by one window's distinct keys. Latest mode never decodes a payload; merge mode
+decodes, merges and re-encodes (stdlib json, compact) only when a key collides. The semantics are
+specified by `streamcore.reference.conflation` and restated in `_conflation.pyi`.
 """
 
 cimport cython
@@ -257,6 +259,7 @@ cdef bytes _merge_json(object key, bytes old, bytes new):
 # ---------------------------------------------------------------------------------------------
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class IntConflator:
     """Latest ref per int64 key, keys in first-seen order; a C hash table, no Python objects."""
 
@@ -271,6 +274,9 @@ cdef class IntConflator:
         if hint > (<int64_t>1 << 31):
             raise StreamcoreValueError(f"capacity_hint {hint} is above the limit of 2**31 keys")
         _map_alloc(&self._map, _capacity_for(<size_t>hint))
+
+    def __init__(self, capacity_hint=1024):
+        pass  # __cinit__ did the work; this gives the class an introspectable signature
 
     def __dealloc__(self):
         _map_free(&self._map)
@@ -346,6 +352,7 @@ cdef class IntConflator:
 
 
 @cython.final
+@cython.auto_pickle(False)
 cdef class Conflator:
     """One channel's window of bytes payloads, conflated by entity key (see the module docstring)."""
 
@@ -368,6 +375,9 @@ cdef class Conflator:
         self._payloads = []
         self._index = {}
         _map_alloc(&self._map, _MIN_CAPACITY)
+
+    def __init__(self, mode="latest"):
+        pass  # __cinit__ did the work; this gives the class an introspectable signature
 
     def __dealloc__(self):
         _map_free(&self._map)

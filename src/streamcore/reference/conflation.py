@@ -1,4 +1,4 @@
-"""The readable specification of entity-keyed conflation (never imported by the package at run time).
+"""The readable specification of entity-keyed conflation (never imported by the package itself).
 
 One channel accumulates events during a window; `drain()` hands them out once per window.
 
@@ -34,7 +34,9 @@ def check_key(key: object) -> None:
 def check_payload(payload: object) -> None:
     """Raise StreamcoreTypeError unless payload is bytes."""
     if not isinstance(payload, bytes):
-        raise StreamcoreTypeError(f"payload must be bytes (encoded JSON), not {type(payload).__name__}")
+        raise StreamcoreTypeError(
+            f"payload must be bytes (encoded JSON), not {type(payload).__name__}"
+        )
 
 
 def merge_json_objects(key: object, old: bytes, new: bytes) -> bytes:
@@ -44,11 +46,13 @@ def merge_json_objects(key: object, old: bytes, new: bytes) -> bytes:
     return json.dumps(merged, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def _decode_object(key: object, payload: bytes) -> dict:
+def _decode_object(key: object, payload: bytes) -> dict[str, object]:
     try:
         value = json.loads(payload)
     except ValueError as exc:
-        raise StreamcoreValueError(f"merge mode: payload for key {key!r} is not valid JSON: {exc}") from None
+        raise StreamcoreValueError(
+            f"merge mode: payload for key {key!r} is not valid JSON: {exc}"
+        ) from None
     if not isinstance(value, dict):
         raise StreamcoreValueError(
             f"merge mode: payload for key {key!r} is a JSON {type(value).__name__}, not an object"
@@ -89,14 +93,18 @@ class ReferenceConflator:
             self.pending_bytes += len(payload) - len(old)
         self.events_in += 1
 
-    def push_many(self, keys: Sequence[Key], payloads: Sequence[bytes], conflatable: bool = True) -> None:
+    def push_many(
+        self, keys: Sequence[Key], payloads: Sequence[bytes], conflatable: bool = True
+    ) -> None:
         """Add events pairwise; every key and payload is checked before any is added."""
         if len(keys) != len(payloads):
-            raise StreamcoreValueError(f"keys and payloads differ in length: {len(keys)} != {len(payloads)}")
-        for key, payload in zip(keys, payloads):
+            raise StreamcoreValueError(
+                f"keys and payloads differ in length: {len(keys)} != {len(payloads)}"
+            )
+        for key, payload in zip(keys, payloads, strict=True):
             check_key(key)
             check_payload(payload)
-        for key, payload in zip(keys, payloads):
+        for key, payload in zip(keys, payloads, strict=True):
             self.push(key, payload, conflatable)
 
     def drain(self) -> list[bytes]:
@@ -122,6 +130,6 @@ def reference_int_conflate(keys: Sequence[int], refs: Sequence[int]) -> tuple[li
     if len(keys) != len(refs):
         raise StreamcoreValueError(f"keys and refs differ in length: {len(keys)} != {len(refs)}")
     latest: dict[int, int] = {}
-    for key, ref in zip(keys, refs):
+    for key, ref in zip(keys, refs, strict=True):
         latest[key] = ref  # a dict keeps first-insertion order, which is first-seen order
     return list(latest), list(latest.values())
