@@ -514,6 +514,6 @@ operations = [
         "finance",
         query=SummaryQuery,
         responses={200: Summary},
-        errors=_READ_ERRORS,
+        errors=(401, 404, 422),  # no cursor, so no 400
     ),
 ]

@@ -408,3 +408,26 @@ def test_page_size_defaults_and_bounds_are_settings(api_factory: Any, sqlite_url
     assert len(page["items"]) == 2 and page["nextCursor"]
     assert len(api.client.get("/v1/finance/expenses?limit=3", headers=a.auth).json()["items"]) == 3
     assert list(fields(api.client.get("/v1/finance/expenses?limit=4", headers=a.auth))) == ["limit"]
+
+
+def test_a_database_failure_is_a_json_500_without_a_trace(sqlite_api: Api) -> None:
+    from sqlalchemy import text
+
+    a = sqlite_api.tenant("Acme")
+
+    async def break_the_ledger() -> None:
+        async with sqlite_api.app.state.db.begin() as conn:
+            await conn.execute(text("DROP TABLE expenses"))
+
+    sqlite_api.run(break_the_ledger)
+    response = post(sqlite_api, "expenses", a, expense(a))
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "The server failed to handle this request.",
+            "details": None,
+        }
+    }
+    assert "expenses" not in response.text and "Traceback" not in response.text
+    assert sqlite_api.events == []

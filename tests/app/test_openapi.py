@@ -1,0 +1,184 @@
+"""The OpenAPI document describes every endpoint, and the app answers as it says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jsonschema
+import pytest
+from starlette.routing import Route
+from support import Api, Tenant
+
+Case = Callable[[Api, Tenant], Any]
+
+EXPENSE = {
+    "propertyId": 0,
+    "category": "maintenance",
+    "amountCents": 50000,
+    "currency": "INR",
+    "description": "Test expense",
+    "expenseDate": "2025-12-13T10:00:00Z",
+    "paymentMode": "cash",
+}
+
+
+def entry(t: Tenant, kind: str, **changes: Any) -> dict[str, Any]:
+    body = {**EXPENSE, "propertyId": t.property_id, **changes}
+    if kind == "revenues":
+        body["revenueDate"] = body.pop("expenseDate")
+    return body
+
+
+def write_cases(kind: str) -> dict[int, Case]:
+    path = f"/v1/finance/{kind}"
+    return {
+        201: lambda api, t: api.client.post(path, json=entry(t, kind), headers=t.auth),
+        400: lambda api, t: api.client.post(
+            path, content=b"{", headers={**t.auth, "Content-Type": "application/json"}
+        ),
+        401: lambda api, t: api.client.post(path, json=entry(t, kind)),
+        404: lambda api, t: api.client.post(
+            path, json=entry(t, kind, propertyId=10**9), headers=t.auth
+        ),
+        413: lambda api, t: api.client.post(
+            path, json=entry(t, kind, description="x" * 900), headers=t.auth
+        ),
+        415: lambda api, t: api.client.post(path, data={"a": "b"}, headers=t.auth),
+        422: lambda api, t: api.client.post(path, json={}, headers=t.auth),
+    }
+
+
+def read_cases(path: str) -> dict[int, Case]:
+    return {
+        200: lambda api, t: api.client.get(
+            path, params={"propertyId": t.property_id}, headers=t.auth
+        ),
+        400: lambda api, t: api.client.get(
+            path, params={"propertyId": t.property_id, "cursor": "!"}, headers=t.auth
+        ),
+        401: lambda api, t: api.client.get(path),
+        404: lambda api, t: api.client.get(path, params={"propertyId": 10**9}, headers=t.auth),
+        422: lambda api, t: api.client.get(path, params={"propertyId": "x"}, headers=t.auth),
+    }
+
+
+def login(email: str, password: str) -> Case:
+    return lambda api, t: api.client.post(
+        "/auth/login", json={"email": email, "password": password}
+    )
+
+
+# Every (method, path, status) the document promises, and a request that should produce it.
+CASES: dict[tuple[str, str], dict[int, Case]] = {
+    ("get", "/healthz"): {200: lambda api, t: api.client.get("/healthz")},
+    ("get", "/readyz"): {
+        200: lambda api, t: api.client.get("/readyz"),
+        503: lambda api, t: api.degraded.get("/readyz"),
+    },
+    ("get", "/openapi.json"): {200: lambda api, t: api.client.get("/openapi.json")},
+    ("post", "/auth/login"): {
+        200: login("acme@example.com", "correct horse battery"),
+        400: lambda api, t: api.client.post(
+            "/auth/login", content=b"[", headers={"Content-Type": "application/json"}
+        ),
+        401: login("acme@example.com", "wrong"),
+        413: login("acme@example.com", "p" * 1000),
+        415: lambda api, t: api.client.post("/auth/login", content=b"{}"),
+        422: lambda api, t: api.client.post("/auth/login", json={"email": "a@b.c"}),
+        429: lambda api, t: [login("bravo@example.com", "wrong")(api, t) for _ in range(6)][-1],
+    },
+    ("post", "/v1/finance/expenses"): write_cases("expenses"),
+    ("get", "/v1/finance/expenses"): read_cases("/v1/finance/expenses"),
+    ("post", "/v1/finance/revenues"): write_cases("revenues"),
+    ("get", "/v1/finance/revenues"): read_cases("/v1/finance/revenues"),
+    ("get", "/v1/finance/summary"): {
+        s: c for s, c in read_cases("/v1/finance/summary").items() if s != 400
+    },
+}
+
+
+@pytest.fixture
+def api(api_factory: Any, database_url: str, tmp_path: Any) -> Api:
+    # A small body limit, so 413 is cheap to provoke; a Redis that refuses, for the 503.
+    api: Api = api_factory(database_url, max_body_bytes=800)
+    from starlette.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    degraded = Settings(
+        database_url=database_url, data_dir=str(tmp_path / "var"), redis_url="redis://127.0.0.1:1/0"
+    )
+    api.degraded = TestClient(create_app(degraded))  # type: ignore[attr-defined]
+    api.degraded.__enter__()  # type: ignore[attr-defined]
+    yield api  # type: ignore[misc]
+    api.degraded.__exit__(None, None, None)  # type: ignore[attr-defined]
+
+
+def test_every_route_is_documented(api: Api) -> None:
+    document = api.client.get("/openapi.json").json()
+    assert document["openapi"].startswith("3.")
+    served = {
+        (method.lower(), route.path)
+        for route in api.app.routes
+        if isinstance(route, Route)
+        for method in route.methods or ()
+        if method != "HEAD"
+    }
+    documented = {(m, p) for p, ops in document["paths"].items() for m in ops}
+    assert served == documented
+    assert documented == set(CASES)  # and this test has a request for every one of them
+
+
+def test_documented_limits_are_the_settings_in_force(api: Api) -> None:
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+    assert schemas["ExpenseIn"]["properties"]["amountCents"]["maximum"] == 100_000_000_000
+    assert "x-maximum-setting" not in str(schemas)
+    assert set(schemas["ExpenseIn"]["required"]) == {
+        "propertyId",
+        "category",
+        "amountCents",
+        "currency",
+        "expenseDate",
+        "paymentMode",
+    }
+    assert schemas["ExpenseIn"]["additionalProperties"] is False
+
+
+def test_the_app_answers_as_the_document_says(api: Api) -> None:
+    document = api.client.get("/openapi.json").json()
+    a = api.tenant("Acme")
+    api.tenant("Bravo")
+    checked = set()
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            documented = {int(s) for s in operation["responses"]}
+            cases = CASES[(method, path)]
+            assert set(cases) == documented, (method, path)
+            for status, case in cases.items():
+                response = case(api, a)
+                where = f"{method.upper()} {path} -> {status}"
+                assert response.status_code == status, f"{where}: {response.text}"
+                spec = operation["responses"][str(status)]
+                schema = spec["content"]["application/json"]["schema"]
+                assert response.headers["content-type"].startswith("application/json"), where
+                jsonschema.Draft202012Validator(
+                    {**schema, "components": document["components"]}
+                ).validate(response.json())
+                for header in spec.get("headers", {}):
+                    assert header.lower() in response.headers, where
+                checked.add((method, path, status))
+    assert len(checked) == sum(len(c) for c in CASES.values())
+
+
+def test_request_bodies_in_the_document_accept_the_seed_example(api: Api) -> None:
+    document = api.client.get("/openapi.json").json()
+    operation = document["paths"]["/v1/finance/expenses"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+    seed = {**EXPENSE, "propertyId": 1}
+    validator.validate(seed)
+    assert not validator.is_valid({**seed, "currency": "inr"})
+    assert not validator.is_valid({**seed, "amountCents": 0})
+    assert not validator.is_valid({**seed, "unknown": 1})
