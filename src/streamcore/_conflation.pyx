@@ -17,7 +17,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsSsize_t, PyLong
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.sequence cimport PySequence_Check
-from cpython.unicode cimport PyUnicode_Check
+from cpython.number cimport PyNumber_Index
+from cpython.unicode cimport PyUnicode_Check, PyUnicode_CheckExact, PyUnicode_FromObject
 from libc.stdint cimport UINT32_MAX, int64_t, uint32_t, uint64_t
 from libc.string cimport memset
 
@@ -420,11 +421,14 @@ cdef class Conflator:
         if key is None or not conflatable:
             self._append(payload)
         elif PyUnicode_Check(key):
+            # A subclass's __eq__/__hash__ could re-enter (drain) during the dict lookup: use a copy.
+            if not PyUnicode_CheckExact(key):
+                key = PyUnicode_FromObject(key)
             self._push_object_key(key, payload)
         else:
             v = PyLong_AsLongLongAndOverflow(key, &overflow)
-            if overflow:  # beyond int64: the dict keeps it apart from every table key
-                self._push_object_key(key, payload)
+            if overflow:  # beyond int64: the dict keeps it apart from every C map key
+                self._push_object_key(PyNumber_Index(key), payload)  # an exact int, as above
             else:
                 self._push_int64_key(v, payload)
         self._events_in += 1

@@ -136,6 +136,43 @@ def test_key_keeps_its_first_seen_slot_and_str_and_int_keys_differ():
     assert c.drain() == [b"s2", b"i2", b"fact", b"created"]
 
 
+class _HostileStr(str):
+    """A str subclass whose comparisons try to drain the conflator in the middle of a push."""
+
+    victim = None
+
+    def __hash__(self):
+        if _HostileStr.victim is not None:
+            _HostileStr.victim.drain()
+        return str.__hash__(self)
+
+    def __eq__(self, other):
+        if _HostileStr.victim is not None:
+            _HostileStr.victim.drain()
+        return str.__eq__(self, other)
+
+
+class _HostileInt(int):
+    __hash__ = _HostileStr.__hash__
+    __eq__ = _HostileStr.__eq__
+
+
+def test_key_subclasses_are_keyed_by_value_and_run_no_user_code():
+    c = Conflator()
+    _HostileStr.victim = c
+    try:
+        c.push("k", b"1")
+        c.push(_HostileStr("k"), b"2")
+        c.push(2**70, b"3")
+        c.push(_HostileInt(2**70), b"4")
+        c.push(_HostileInt(7), b"5")
+        c.push(7, b"6")
+    finally:
+        _HostileStr.victim = None
+    assert c.drain() == [b"2", b"4", b"6"]
+    assert c.events_in == 6
+
+
 def test_non_conflatable_event_neither_replaces_nor_is_replaced():
     c = Conflator()
     c.push("k", b"first", conflatable=False)
