@@ -36,7 +36,7 @@ import json
 
 import numpy as np
 
-from streamcore.errors import StreamcoreTypeError, StreamcoreValueError
+from streamcore.errors import StreamcoreError, StreamcoreTypeError, StreamcoreValueError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,11 +208,18 @@ cdef const int64_t[::1] _as_int64(object obj, str name) except *:
 
 
 cdef list _as_list(object seq, str name):
+    """A private copy: the loop indexes it unchecked, so nobody else may resize it meanwhile."""
     if type(seq) is list:
-        return <list>seq
+        return (<list>seq)[:]
     if isinstance(seq, (str, bytes, bytearray, memoryview)) or not PySequence_Check(seq):
         raise StreamcoreTypeError(f"{name} must be a sequence (list or tuple), not {type(seq).__name__}")
     return list(seq)
+
+
+cdef object _in_use(object obj):
+    return StreamcoreError(
+        f"{type(obj).__name__} is in use by another thread; give each thread its own or lock around it"
+    )
 
 
 cdef inline int _check_payload(object payload) except -1:
@@ -267,6 +274,7 @@ cdef class IntConflator:
     cdef IntMap _map
     cdef uint64_t _events_in
     cdef uint64_t _events_out
+    cdef bint _busy  # push_many runs without the GIL: nothing else may touch the map meanwhile
 
     def __cinit__(self, capacity_hint=1024):
         cdef int64_t hint = _as_c_int64(capacity_hint, "capacity_hint")
@@ -286,6 +294,8 @@ cdef class IntConflator:
         """Record ref as the latest for key."""
         cdef int64_t k = _as_c_int64(key, "key")
         cdef int64_t r = _as_c_int64(ref, "ref")
+        if self._busy:
+            raise _in_use(self)
         if _int_run(&self._map, &k, &r, 0, 1) == 0:
             _map_grow(&self._map)
             _int_run(&self._map, &k, &r, 0, 1)
@@ -300,37 +310,51 @@ cdef class IntConflator:
         cdef Py_ssize_t stop
         if rv.shape[0] != n:
             raise StreamcoreValueError(f"keys and refs differ in length: {n} != {rv.shape[0]}")
+        if self._busy:
+            raise _in_use(self)
         if n == 0:
             return
-        while True:
-            with nogil:
-                stop = _int_run(&self._map, &kv[0], &rv[0], done, n)
-            self._events_in += <uint64_t>(stop - done)
-            done = stop
-            if done == n:
-                return
-            # PyMem_Malloc wants the GIL: leave the loop to grow, which happens log2(keys) times.
-            _map_grow(&self._map)
+        self._busy = True
+        try:
+            while True:
+                with nogil:
+                    stop = _int_run(&self._map, &kv[0], &rv[0], done, n)
+                self._events_in += <uint64_t>(stop - done)
+                done = stop
+                if done == n:
+                    return
+                # PyMem_Malloc wants the GIL: leave the loop to grow, which happens log2(keys) times.
+                _map_grow(&self._map)
+        finally:
+            self._busy = False
 
     def drain(self):
         """Return (keys, refs) as int64 arrays in first-seen order and start a new window."""
         cdef Py_ssize_t n = <Py_ssize_t>self._map.count
         cdef Py_ssize_t i
-        keys = np.empty(n, dtype=np.int64)
-        refs = np.empty(n, dtype=np.int64)
-        cdef int64_t[::1] kv = keys
-        cdef int64_t[::1] rv = refs
-        cdef Pair* pairs = self._map.pairs
-        with nogil:
+        cdef int64_t[::1] kv
+        cdef int64_t[::1] rv
+        if self._busy:
+            raise _in_use(self)
+        self._busy = True  # allocating the arrays may run other threads' Python code
+        try:
+            keys = np.empty(n, dtype=np.int64)
+            refs = np.empty(n, dtype=np.int64)
+            kv = keys
+            rv = refs
             for i in range(n):
-                kv[i] = pairs[i].key
-                rv[i] = pairs[i].value
+                kv[i] = self._map.pairs[i].key
+                rv[i] = self._map.pairs[i].value
             _map_clear(&self._map)
-        self._events_out += <uint64_t>n
+            self._events_out += <uint64_t>n
+        finally:
+            self._busy = False
         return keys, refs
 
     def clear(self):
         """Discard the window without emitting it (the discarded events stay counted in events_in)."""
+        if self._busy:
+            raise _in_use(self)
         _map_clear(&self._map)
 
     def __len__(self):
@@ -365,6 +389,9 @@ cdef class Conflator:
     cdef Py_ssize_t _pending_bytes
     cdef uint64_t _events_in
     cdef uint64_t _events_out
+    # Set while a call mutates the window: a merge allocates, so the garbage collector may run
+    # another thread's code mid-push, and that code must not drain or push into this window.
+    cdef bint _busy
 
     def __cinit__(self, mode="latest"):
         if not isinstance(mode, str):
@@ -438,7 +465,13 @@ cdef class Conflator:
         """Add one event to the window."""
         _check_payload(payload)
         _check_key(key)
-        self._push_checked(key, payload, conflatable)
+        if self._busy:
+            raise _in_use(self)
+        self._busy = True
+        try:
+            self._push_checked(key, payload, conflatable)
+        finally:
+            self._busy = False
 
     def push_many(self, keys, payloads, bint conflatable=True):
         """Add events pairwise; every key and payload is checked before any is added."""
@@ -451,8 +484,14 @@ cdef class Conflator:
         for i in range(n):
             _check_payload(ps[i])
             _check_key(ks[i])
-        for i in range(n):
-            self._push_checked(ks[i], ps[i], conflatable)
+        if self._busy:
+            raise _in_use(self)
+        self._busy = True
+        try:
+            for i in range(n):
+                self._push_checked(ks[i], ps[i], conflatable)
+        finally:
+            self._busy = False
 
     def push_int_many(self, keys, payloads):
         """Add conflatable events with int64 keys from a buffer; payloads are checked before any is added."""
@@ -464,12 +503,20 @@ cdef class Conflator:
             raise StreamcoreValueError(f"keys and payloads differ in length: {n} != {PyList_GET_SIZE(ps)}")
         for i in range(n):
             _check_payload(ps[i])
-        for i in range(n):
-            self._push_int64_key(kv[i], ps[i])
-            self._events_in += 1
+        if self._busy:
+            raise _in_use(self)
+        self._busy = True
+        try:
+            for i in range(n):
+                self._push_int64_key(kv[i], ps[i])
+                self._events_in += 1
+        finally:
+            self._busy = False
 
     def drain(self):
         """Return the window's payloads in slot order and start a new window."""
+        if self._busy:
+            raise _in_use(self)
         cdef list out = self._payloads
         self._payloads = []
         self._index = {}
