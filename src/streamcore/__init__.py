@@ -21,7 +21,7 @@ except ImportError as exc:  # pragma: no cover - exercised by hand, not in CI
         "`make build` (or `pip install -e .` / `python setup.py build_ext --inplace`)."
     ) from exc
 
-from .protocol import DecodedFrame, decode_frame
+from .protocol import DecodedFrame, FrameKind, decode_frame
 
 __version__ = "0.1.0"
 
@@ -32,6 +32,7 @@ __all__ = [
     "CorruptDataError",
     "DecodedFrame",
     "FrameEncoder",
+    "FrameKind",
     "Histogram",
     "IntConflator",
     "StreamcoreError",
