@@ -78,7 +78,11 @@ def render(data: dict[str, Any], elapsed: float) -> str:
     verdicts: list[str] = []
     for group, members in sorted(groups.items()):
         baseline = next((b for b in members if b.get("extra_info", {}).get("baseline")), None)
-        lines += [f"## {group}", "", "| benchmark | per item | ratio vs baseline | target | notes |"]
+        lines += [
+            f"## {group}",
+            "",
+            "| benchmark | per item | ratio vs baseline | target | notes |",
+        ]
         lines.append("|---|---|---|---|---|")
         for bench in sorted(members, key=lambda b: not b.get("extra_info", {}).get("baseline")):
             extra = bench.get("extra_info", {})
@@ -90,16 +94,20 @@ def render(data: dict[str, Any], elapsed: float) -> str:
             elif baseline is not None:
                 base_items = max(int(baseline["extra_info"].get("items", 1)), 1)
                 r = (baseline["stats"]["median"] / base_items) / per_item
-                ratio = f"{r:.2f}×"
+                ratio = f"{r:.2f}x"
                 target = extra.get("target", "")
                 want = extra.get("target_speedup")
                 if want is not None:
                     ok = r >= float(want)
                     target = f"{target} — {'met' if ok else 'MISSED'}"
-                    verdicts.append(f"- {group} / {name}: {r:.2f}× (needs {want}×) {'met' if ok else 'MISSED'}")
+                    verdicts.append(
+                        f"- {group} / {name}: {r:.2f}x (needs {want}x) {'met' if ok else 'MISSED'}"
+                    )
             else:
                 ratio, target = "(no baseline)", extra.get("target", "")
-            lines.append(f"| {name} | {_fmt_time(per_item)} | {ratio} | {target} | {_notes(extra)} |")
+            lines.append(
+                f"| {name} | {_fmt_time(per_item)} | {ratio} | {target} | {_notes(extra)} |"
+            )
         lines.append("")
     if verdicts:
         lines += ["## Targets", "", *verdicts, ""]
