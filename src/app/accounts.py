@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import anyio.to_thread
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .storage import orgs, properties, users, utcnow
@@ -103,11 +103,14 @@ async def find_user(engine: AsyncEngine, email: str) -> User | None:
     return User(int(row.id), int(row.org_id), row.email, row.password_hash) if row else None
 
 
+_PROPERTY_IN_ORG = select(properties.c.id).where(
+    properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("org_id")
+)
+
+
 async def property_in_org(conn: AsyncConnection, property_id: int, org_id: int) -> bool:
     """Whether the property exists and belongs to the org (callers answer 404 either way)."""
-    found = await conn.scalar(
-        select(properties.c.id).where(properties.c.id == property_id, properties.c.org_id == org_id)
-    )
+    found = await conn.scalar(_PROPERTY_IN_ORG, {"property_id": property_id, "org_id": org_id})
     return found is not None
 
 

@@ -27,13 +27,13 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import BigInteger, Table, and_, cast, func, insert, or_, select
+from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import accounts
+from . import accounts, storage
 from .auth import Principal, authenticate
 from .currencies import ISO_4217
 from .errors import InvalidCursor, NotFound
@@ -235,6 +235,7 @@ class Ledger:
         self.kind = kind  # "expense" | "revenue"
         self.date_field = date_field  # camelCase, as the API names it
         self.date = table.c[f"{kind}_date"]
+        self._insert = insert(table).returning(table)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -266,12 +267,10 @@ class Ledger:
             "created_at": utcnow(),
             "created_by": who.user_id,
         }
-        async with engine.begin() as conn:
+        async with storage.write_transaction(engine) as conn:
             if not await accounts.property_in_org(conn, body.property_id, who.org_id):
                 raise NotFound("Property not found.")
-            row = (
-                await conn.execute(insert(self.table).values(values).returning(self.table))
-            ).one()
+            row = (await conn.execute(self._insert, values)).one()
             totals = await _bump_totals(
                 conn, self.kind, body.property_id, body.currency, body.amount_cents
             )
@@ -312,11 +311,15 @@ class Ledger:
             )
         stmt = select(t).where(*where).order_by(self.date.desc(), t.c.id.desc()).limit(limit + 1)
         async with engine.connect() as conn:
-            if query.property_id is not None and not await accounts.property_in_org(
-                conn, query.property_id, who.org_id
+            rows = (await conn.execute(stmt)).all()
+            # Rows are filtered by org, so any row proves the property is the caller's; only an
+            # empty page needs the check that tells "none yet" from "not yours" (404).
+            if (
+                not rows
+                and query.property_id is not None
+                and not await accounts.property_in_org(conn, query.property_id, who.org_id)
             ):
                 raise NotFound("Property not found.")
-            rows = (await conn.execute(stmt)).all()
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = (
@@ -344,29 +347,50 @@ EXPENSES = Ledger(expenses, "expense", "expenseDate")
 REVENUES = Ledger(revenues, "revenue", "revenueDate")
 
 
+def _upsert_totals(dialect: str) -> Any:
+    pt = property_totals
+    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(pt).values(
+        property_id=bindparam("property_id"),
+        currency=bindparam("currency"),
+        expenses_cents=bindparam("expenses_cents"),
+        revenues_cents=bindparam("revenues_cents"),
+    )
+    return stmt.on_conflict_do_update(
+        index_elements=[pt.c.property_id, pt.c.currency],
+        set_={
+            "expenses_cents": pt.c.expenses_cents + stmt.excluded.expenses_cents,
+            "revenues_cents": pt.c.revenues_cents + stmt.excluded.revenues_cents,
+        },
+    )
+
+
+# Built once: constructing an ON CONFLICT statement costs more than executing it on SQLite.
+_UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
+_SELECT_TOTALS = (
+    select(
+        property_totals.c.currency,
+        property_totals.c.expenses_cents,
+        property_totals.c.revenues_cents,
+    )
+    .where(property_totals.c.property_id == bindparam("property_id"))
+    .order_by(property_totals.c.currency)
+)
+
+
 async def _bump_totals(
     conn: AsyncConnection, kind: str, property_id: int, currency: str, amount: int
 ) -> list[dict[str, Any]]:
     """Add to the property's running total in this transaction; return all its currencies."""
-    pt = property_totals
-    dialect_insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    column = f"{kind}s_cents"
-    stmt = dialect_insert(pt).values(
-        property_id=property_id,
-        currency=currency,
-        expenses_cents=amount if kind == "expense" else 0,
-        revenues_cents=amount if kind == "revenue" else 0,
+    await conn.execute(
+        _UPSERT_TOTALS[conn.dialect.name],
+        {
+            "property_id": property_id,
+            "currency": currency,
+            "expenses_cents": amount if kind == "expense" else 0,
+            "revenues_cents": amount if kind == "revenue" else 0,
+        },
     )
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[pt.c.property_id, pt.c.currency],
-        set_={column: pt.c[column] + stmt.excluded[column]},
-    )
-    await conn.execute(stmt)
-    rows = await conn.execute(
-        select(pt.c.currency, pt.c.expenses_cents, pt.c.revenues_cents)
-        .where(pt.c.property_id == property_id)
-        .order_by(pt.c.currency)
-    )
+    rows = await conn.execute(_SELECT_TOTALS, {"property_id": property_id})
     return [
         {
             "currency": r.currency,

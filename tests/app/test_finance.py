@@ -98,6 +98,8 @@ def test_create_revenue(api: Api) -> None:
 def test_another_orgs_property_is_indistinguishable_from_none(api: Api, kind: str) -> None:
     a, b = api.tenant("Acme"), api.tenant("Bravo")
     make = expense if kind == "expenses" else revenue
+    assert post(api, kind, b, make(b)).status_code == 201  # B's property has entries
+    api.events.clear()
     theirs = post(api, kind, a, make(a, propertyId=b.property_id))
     missing = post(api, kind, a, make(a, propertyId=999_999))
     assert theirs.status_code == missing.status_code == 404
