@@ -222,9 +222,8 @@ def report(results: list[Result]) -> str:
         f"{'scenario':45} {'requests':>8} {'errors':>6} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}",
     ]
     for r in results:
-        lines.append(
-            f"{r.scenario:45} {r.requests:8d} {r.errors:6d} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}"
-        )
+        counts = f"{r.requests:8d} {r.errors:6d}"
+        lines.append(f"{r.scenario:45} {counts} {r.rps:9.1f} {r.p50_ms:8.2f} {r.p99_ms:8.2f}")
     by = {r.scenario.split()[0] + " " + r.scenario.split()[1]: r for r in results}
     for verb in ("POST", "GET"):
         app, base = by[f"app {verb}"], by[f"baseline {verb}"]
