@@ -67,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             app.state.db = engine
 
             async def database_ready() -> None:
-                await storage.ping(engine)
+                await storage.ping(app.state.db)
 
             app.state.readiness_checks["database"] = database_ready
             app.state.tokens = auth.Tokens(

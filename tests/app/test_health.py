@@ -1,3 +1,4 @@
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
 
 from app.main import create_app
@@ -5,7 +6,9 @@ from app.settings import Settings
 
 
 def test_healthz_and_readyz_with_embedded_defaults(tmp_path) -> None:
-    app = create_app(Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"))
+    app = create_app(
+        Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite", data_dir=str(tmp_path))
+    )
     with TestClient(app) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
         ready = client.get("/readyz")
@@ -15,7 +18,11 @@ def test_healthz_and_readyz_with_embedded_defaults(tmp_path) -> None:
 
 def test_readyz_reports_redis(redis_url: str, tmp_path) -> None:
     app = create_app(
-        Settings(redis_url=redis_url, database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite")
+        Settings(
+            redis_url=redis_url,
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+            data_dir=str(tmp_path),
+        )
     )
     with TestClient(app) as client:
         body = client.get("/readyz").json()
@@ -35,8 +42,27 @@ def test_readyz_is_503_when_redis_is_down(tmp_path) -> None:
         assert response.json()["checks"]["redis"].startswith("error")
 
 
-def test_unknown_path_is_json_404() -> None:
-    with TestClient(create_app(Settings())) as client:
+def test_readyz_checks_the_database(tmp_path) -> None:
+    app = create_app(
+        Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite", data_dir=str(tmp_path))
+    )
+    with TestClient(app) as client:
+        assert client.get("/readyz").json()["checks"]["database"] == "ok"
+
+        # A database that cannot be opened: SQLite refuses a directory as its file.
+        working, app.state.db = app.state.db, create_async_engine(f"sqlite+aiosqlite:///{tmp_path}")
+        try:
+            response = client.get("/readyz")
+            assert response.status_code == 503
+            assert response.json()["checks"]["database"].startswith("error")
+        finally:
+            client.portal.call(app.state.db.dispose)
+            app.state.db = working
+
+
+def test_unknown_path_is_json_404(tmp_path) -> None:
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db", data_dir=str(tmp_path))
+    with TestClient(create_app(settings)) as client:
         response = client.get("/nope")
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "not_found"

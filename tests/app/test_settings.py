@@ -38,6 +38,18 @@ def test_reads_host_port_and_urls() -> None:
         ("ZSTD_LEVEL", "23"),
         ("COMPRESSION_THRESHOLD", "-5"),
         ("LOG_LEVEL", "loud"),
+        ("JWT_SECRET", "too-short"),
+        ("TOKEN_TTL_S", "0"),
+        ("MAX_BODY_BYTES", "-1"),
+        ("MAX_BODY_BYTES", "32MiB"),
+        ("CORS_ORIGINS", "*"),
+        ("CORS_ORIGINS", "https://ok.test,ftp://files.test"),
+        ("MAX_AMOUNT_CENTS", "0"),
+        ("MAX_AMOUNT_CENTS", str(10**16)),
+        ("PAGE_SIZE_DEFAULT", "500"),
+        ("PAGE_SIZE_MAX", "0"),
+        ("LOGIN_MAX_FAILURES", "none"),
+        ("SEED_DEMO", "maybe"),
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
@@ -48,3 +60,33 @@ def test_bad_value_names_the_variable(name: str, value: str) -> None:
 def test_window_bounds_must_be_ordered() -> None:
     with pytest.raises(SettingsError, match="WINDOW_MIN_MS"):
         Settings.from_env({"WINDOW_MIN_MS": "200", "WINDOW_MAX_MS": "150"})
+
+
+def test_app_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.max_body_bytes == 32 * 1024 * 1024
+    assert len(s.cors_origins) == 3
+    assert s.jwt_secret is None  # generated into DATA_DIR at start-up
+    assert (s.data_dir, s.token_ttl_s) == ("./var", 3600)
+    assert (s.page_size_default, s.page_size_max) == (50, 200)
+    assert s.seed_demo is True
+
+
+def test_reads_the_app_settings() -> None:
+    s = Settings.from_env(
+        {
+            "JWT_SECRET": "k" * 32,
+            "CORS_ORIGINS": " https://a.test/ , http://localhost:3000 ",
+            "MAX_BODY_BYTES": "1024",
+            "SEED_DEMO": "off",
+            "PAGE_SIZE_MAX": "10",
+            "PAGE_SIZE_DEFAULT": "10",
+        }
+    )
+    assert s.cors_origins == ("https://a.test", "http://localhost:3000")
+    assert (s.max_body_bytes, s.seed_demo, s.page_size_max) == (1024, False, 10)
+    assert s.jwt_secret == "k" * 32
+
+
+def test_the_secret_never_shows_in_repr() -> None:
+    assert "k" * 32 not in repr(Settings.from_env({"JWT_SECRET": "k" * 32}))
