@@ -40,7 +40,7 @@ from .errors import InvalidCursor, NotFound
 from .events import Event, Publisher, fact, state
 from .openapi import Operation
 from .responses import OrjsonResponse
-from .settings import Settings
+from .settings import MAX_AMOUNT_LIMIT, Settings
 from .storage import expenses, property_totals, revenues, utcnow
 from .validation import read_json, read_query
 
@@ -75,14 +75,23 @@ def _query_offset(value: Any) -> Any:
     return value
 
 
+def _plausible(value: dt.datetime) -> dt.datetime:
+    # Also keeps astimezone(UTC) from overflowing at year 1 or 9999 into a 500.
+    if not 1900 <= value.year <= 2999:
+        raise ValueError("must be between the years 1900 and 2999")
+    return value.astimezone(dt.UTC)
+
+
 Instant = Annotated[
     AwareDatetime,
     BeforeValidator(_must_be_text),
+    AfterValidator(_plausible),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 QueryInstant = Annotated[
     AwareDatetime,
     BeforeValidator(_query_offset),
+    AfterValidator(_plausible),
     WithJsonSchema({"type": "string", "format": "date-time"}),
 ]
 Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]
@@ -99,6 +108,7 @@ class _EntryIn(_Camel):
     category: str = Field(min_length=1, max_length=64)
     amount_cents: StrictInt = Field(
         gt=0,
+        le=MAX_AMOUNT_LIMIT,  # the hard ceiling; the deployment's setting is checked below
         description="Amount in the currency's minor unit (paise, cents).",
         json_schema_extra={"x-maximum-setting": "max_amount_cents"},
     )
@@ -414,6 +424,7 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
         date = dt.datetime.fromisoformat(date_s)
         if date.tzinfo is None or type(id_) is not int or not 0 < id_ <= MAX_ID:
             raise ValueError("bad cursor fields")
+        date = _plausible(date)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
         raise InvalidCursor("The cursor is not one this API issued.") from None
     return date, id_

@@ -34,6 +34,7 @@ class Api:
         self.client = client
         self.app: Any = client.app
         self.events: list[Event] = []
+        self.degraded: TestClient | None = None  # a second app whose dependencies fail
         self.app.state.events.subscribe(self.events.append)
 
     def run(self, fn: Any, *args: Any) -> Any:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jsonschema
 import pytest
 from starlette.routing import Route
+from starlette.testclient import TestClient
 from support import Api, Tenant
+
+from app.main import create_app
+from app.settings import Settings
 
 Case = Callable[[Api, Tenant], Any]
 
@@ -74,7 +78,7 @@ CASES: dict[tuple[str, str], dict[int, Case]] = {
     ("get", "/healthz"): {200: lambda api, t: api.client.get("/healthz")},
     ("get", "/readyz"): {
         200: lambda api, t: api.client.get("/readyz"),
-        503: lambda api, t: api.degraded.get("/readyz"),
+        503: lambda api, t: api.degraded.get("/readyz"),  # type: ignore[union-attr]
     },
     ("get", "/openapi.json"): {200: lambda api, t: api.client.get("/openapi.json")},
     ("post", "/auth/login"): {
@@ -99,21 +103,21 @@ CASES: dict[tuple[str, str], dict[int, Case]] = {
 
 
 @pytest.fixture
-def api(api_factory: Any, database_url: str, tmp_path: Any) -> Api:
-    # A small body limit, so 413 is cheap to provoke; a Redis that refuses, for the 503.
-    api: Api = api_factory(database_url, max_body_bytes=800)
-    from starlette.testclient import TestClient
-
-    from app.main import create_app
-    from app.settings import Settings
-
-    degraded = Settings(
+def degraded(database_url: str, tmp_path: Any) -> Iterator[TestClient]:
+    """The same app with a Redis that refuses connections: what /readyz's 503 looks like."""
+    settings = Settings(
         database_url=database_url, data_dir=str(tmp_path / "var"), redis_url="redis://127.0.0.1:1/0"
     )
-    api.degraded = TestClient(create_app(degraded))  # type: ignore[attr-defined]
-    api.degraded.__enter__()  # type: ignore[attr-defined]
-    yield api  # type: ignore[misc]
-    api.degraded.__exit__(None, None, None)  # type: ignore[attr-defined]
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+@pytest.fixture
+def api(api_factory: Any, database_url: str, degraded: TestClient) -> Api:
+    # A small body limit, so a 413 is cheap to provoke.
+    api: Api = api_factory(database_url, max_body_bytes=800)
+    api.degraded = degraded
+    return api
 
 
 def test_every_route_is_documented(api: Api) -> None:
