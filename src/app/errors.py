@@ -130,10 +130,15 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
+def internal_error_response() -> JSONResponse:
+    """The answer to any failure the app did not foresee: nothing about its cause."""
+    return error_response(500, "internal_error", "The server failed to handle this request.")
+
+
 async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
     # The traceback goes to the log, never to the client.
     log.exception("unhandled error", extra={"path": request.url.path})
-    return error_response(500, "internal_error", "The server failed to handle this request.")
+    return internal_error_response()
 
 
 EXCEPTION_HANDLERS = {

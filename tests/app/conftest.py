@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from app_support import Api
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.testclient import TestClient
-from support import Api
 
 from app import storage
 from app.main import create_app

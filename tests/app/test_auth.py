@@ -8,8 +8,8 @@ from typing import Any
 
 import jwt
 import pytest
+from app_support import PASSWORD, Api
 from sqlalchemy import select
-from support import PASSWORD, Api
 
 from app.auth import Tokens, load_or_create_secret, verify_password
 from app.errors import InvalidToken

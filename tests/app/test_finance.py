@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import logging
 from typing import Any
 
 import orjson
 import pytest
+from app_support import Api, Tenant
 from hypothesis import given
 from hypothesis import strategies as st
-from support import Api, Tenant
 
 from app.errors import InvalidCursor
 from app.finance import decode_cursor, encode_cursor
+from app.logs import JsonFormatter
 
 EXPENSE = {
     "propertyId": 1,
@@ -422,7 +424,9 @@ def test_page_size_defaults_and_bounds_are_settings(api_factory: Any, sqlite_url
     assert list(fields(api.client.get("/v1/finance/expenses?limit=4", headers=a.auth))) == ["limit"]
 
 
-def test_a_database_failure_is_a_json_500_without_a_trace(sqlite_api: Api) -> None:
+def test_a_database_failure_is_a_json_500_without_a_trace(
+    sqlite_api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     from sqlalchemy import text
 
     a = sqlite_api.tenant("Acme")
@@ -432,8 +436,14 @@ def test_a_database_failure_is_a_json_500_without_a_trace(sqlite_api: Api) -> No
             await conn.execute(text("DROP TABLE expenses"))
 
     sqlite_api.run(break_the_ledger)
-    response = post(sqlite_api, "expenses", a, expense(a))
+    with caplog.at_level(logging.ERROR):
+        response = post(sqlite_api, "expenses", a, expense(a))
     assert response.status_code == 500
+    # The client can quote the id; the log line with the traceback carries the same one.
+    record = next(r for r in caplog.records if r.getMessage() == "unhandled error")
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["requestId"] == response.headers["x-request-id"]
+    assert "no such table" in line["exc"]
     assert response.json() == {
         "error": {
             "code": "internal_error",

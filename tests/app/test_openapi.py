@@ -7,9 +7,9 @@ from typing import Any
 
 import jsonschema
 import pytest
+from app_support import Api, Tenant
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from support import Api, Tenant
 
 from app.main import create_app
 from app.settings import Settings

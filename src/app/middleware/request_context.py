@@ -10,6 +10,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import internal_error_response
 from ..logs import request_id
 
 log = logging.getLogger("app.access")
@@ -29,17 +30,25 @@ class RequestContextMiddleware:
         rid = incoming if _SAFE_ID.fullmatch(incoming) else uuid.uuid4().hex
         token = request_id.set(rid)
         status = 500  # what the client gets if the app dies before answering
+        responded = False
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, responded = message["status"], True
                 MutableHeaders(scope=message).append("X-Request-ID", rid)
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Answered here rather than by Starlette's outermost handler so the 500 carries the
+            # request id and the logged traceback is tagged with it.
+            log.exception("unhandled error", extra={"requestId": rid, "path": scope["path"]})
+            if scope["type"] != "http" or responded:
+                raise
+            await internal_error_response()(scope, receive, send_with_id)
         finally:
             # Path only: query strings may carry cursors or, from careless clients, secrets.
             log.info(
