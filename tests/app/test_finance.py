@@ -483,3 +483,47 @@ OFFSETS = st.integers(-14 * 60, 14 * 60).map(lambda m: dt.timezone(dt.timedelta(
 )
 def test_cursors_round_trip(date: dt.datetime, id_: int) -> None:
     assert decode_cursor(encode_cursor(date, id_)) == (date, id_)
+
+
+async def test_concurrent_writes_keep_the_running_totals_exact(
+    database_url: str, tmp_path: Any
+) -> None:
+    import asyncio
+
+    import httpx2
+    from sqlalchemy import select
+
+    from app import accounts
+    from app.auth import Principal
+    from app.main import create_app
+    from app.settings import Settings
+    from app.storage import property_totals
+
+    app = create_app(Settings(database_url=database_url, data_dir=str(tmp_path)))
+    async with app.router.lifespan_context(app):
+        async with app.state.db.begin() as conn:
+            org = await accounts.create_org(conn, "Acme")
+            user = await accounts.create_user(conn, org, "a@acme.test", "password-1")
+            prop = await accounts.create_property(conn, org, "House")
+        token = app.state.tokens.issue(Principal(user, org, "a@acme.test"))
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url="http://app") as client:
+            headers = {"Authorization": f"Bearer {token}"}
+            kinds = ["expenses", "revenues"] * 15
+            responses = await asyncio.gather(
+                *(
+                    client.post(
+                        f"/v1/finance/{kind}",
+                        json=(expense if kind == "expenses" else revenue)(
+                            Tenant(org, user, "", prop, token), amountCents=n + 1
+                        ),
+                        headers=headers,
+                    )
+                    for n, kind in enumerate(kinds)
+                )
+            )
+        assert [r.status_code for r in responses] == [201] * 30
+        async with app.state.db.connect() as conn:
+            row = (await conn.execute(select(property_totals))).one()
+    # Expenses were amounts 1, 3, ..., 29 and revenues 2, 4, ..., 30.
+    assert (row.expenses_cents, row.revenues_cents) == (225, 240)

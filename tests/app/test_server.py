@@ -144,3 +144,30 @@ def test_the_seed_curl_commands_work_as_written(server: dict[str, Any]) -> None:
     assert result.returncode == 0, result.stderr
     assert '"amountCents":50000' in result.stdout
     assert '"createdBy":1' in result.stdout
+
+
+def test_concurrent_writes_all_land_and_add_up(server: dict[str, Any]) -> None:
+    import asyncio
+
+    async def run() -> tuple[list[int], dict[str, Any]]:
+        async with httpx2.AsyncClient(base_url=server["base"], timeout=30) as client:
+            login = await client.post(
+                "/auth/login", json={"email": "user@example.com", "password": "changeme"}
+            )
+            headers = {"Authorization": f"Bearer {login.json()['accessToken']}"}
+            body = {**SEED_EXPENSE, "currency": "EUR", "amountCents": 7}
+            responses = await asyncio.gather(
+                *(
+                    client.post("/v1/finance/expenses", json=body, headers=headers)
+                    for _ in range(40)
+                )
+            )
+            summary = await client.get(
+                "/v1/finance/summary", params={"propertyId": 1}, headers=headers
+            )
+            return [r.status_code for r in responses], summary.json()
+
+    statuses, summary = asyncio.run(run())
+    assert statuses == [201] * 40
+    eur = next(t for t in summary["totals"] if t["currency"] == "EUR")
+    assert (eur["expensesCents"], eur["expenseCount"]) == (280, 40)
