@@ -24,7 +24,6 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
     field_validator,
-    model_validator,
 )
 from pydantic.alias_generators import to_camel
 from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
@@ -187,11 +186,13 @@ class _Period(BaseModel):
     )
     to: QueryInstant | None = Field(default=None, description="Exclusive end.")
 
-    @model_validator(mode="after")
-    def _ordered(self) -> _Period:
-        if self.from_ and self.to and self.from_ >= self.to:
-            raise ValueError("from must be before to")
-        return self
+    @field_validator("to")
+    @classmethod
+    def _after_from(cls, value: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
+        start = info.data.get("from_")
+        if value is not None and start is not None and start >= value:
+            raise ValueError("must be after from")
+        return value
 
 
 class ListQuery(_Period):

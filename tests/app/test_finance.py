@@ -398,7 +398,8 @@ def test_a_cursor_the_api_did_not_issue_is_400(api: Api, cursor: str) -> None:
         ({"from": "yesterday"}, "from"),
         ({"to": "2025-01-01T00:00:00"}, "to"),
         ({"to": "0001-01-01T00:00:00+01:00"}, "to"),
-        ({"from": "2025-02-01T00:00:00Z", "to": "2025-01-01T00:00:00Z"}, "body"),
+        ({"from": "2025-02-01T00:00:00Z", "to": "2025-01-01T00:00:00Z"}, "to"),
+        ({"from": "2025-01-01T00:00:00Z", "to": "2025-01-01T01:00:00+01:00"}, "to"),
     ],
 )
 def test_bad_list_queries_are_422(api: Api, params: dict[str, str], field: str) -> None:

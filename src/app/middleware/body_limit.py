@@ -12,6 +12,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge, error_response
 
+# The unread rest of the body must not be parsed as the next request on this connection.
+_CLOSE = {"Connection": "close"}
+
 
 class BodyLimitMiddleware:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
@@ -31,7 +34,7 @@ class BodyLimitMiddleware:
                     declared = None
                 break
         if declared is not None and declared > self.max_body_bytes:
-            await self._reject(scope, receive, send, "Content-Length")
+            await self._reject(scope, receive, send)
             return
 
         # Never allow more than declared: the server should not frame past it, but an ASGI
@@ -46,7 +49,11 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > allowed:
-                    raise PayloadTooLarge(self._message(), details={"limit": self.max_body_bytes})
+                    raise PayloadTooLarge(
+                        self._message(),
+                        details={"limit": self.max_body_bytes},
+                        headers=_CLOSE,
+                    )
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -60,18 +67,13 @@ class BodyLimitMiddleware:
             # Raised from receive() where no handler caught it (e.g. a streaming endpoint).
             if started:
                 raise
-            await self._reject(scope, receive, send, "body")
+            await self._reject(scope, receive, send)
 
     def _message(self) -> str:
         return f"The request body is larger than {self.max_body_bytes} bytes."
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send, _why: str) -> None:
-        # Connection: close, because the unread rest of the body must not be parsed as a request.
+    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(
-            413,
-            PayloadTooLarge.code,
-            self._message(),
-            {"limit": self.max_body_bytes},
-            headers={"Connection": "close"},
+            413, PayloadTooLarge.code, self._message(), {"limit": self.max_body_bytes}, _CLOSE
         )
         await response(scope, receive, send)

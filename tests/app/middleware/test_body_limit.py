@@ -133,6 +133,7 @@ def test_the_app_answers_413_for_declared_and_chunked_bodies(client: TestClient)
     )
     assert chunked.status_code == 413
     assert chunked.json()["error"]["code"] == "payload_too_large"
+    assert chunked.headers["connection"] == "close"
 
 
 def test_the_default_limit_is_32_mib() -> None:
