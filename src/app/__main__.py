@@ -45,17 +45,19 @@ def serve(settings: Settings) -> None:
 
     logs.configure(settings.log_level)
 
-    async def prepare(engine: AsyncEngine) -> bool:
+    async def prepare(engine: AsyncEngine) -> tuple[bool, bool]:
         # Migrate and seed here, once, before any worker starts serving.
+        seeded = False
         if settings.seed_demo and await accounts.is_empty(engine):
-            return await accounts.seed_demo(engine)
-        return False
+            seeded = await accounts.seed_demo(engine)
+        return seeded, await accounts.find_user(engine, accounts.DEMO_EMAIL) is not None
 
-    seeded = asyncio.run(_with_db(settings, prepare))
+    seeded, has_demo = asyncio.run(_with_db(settings, prepare))
     if seeded:
         print(
             "Seeded demo org 'Demo', property 1 and user user@example.com / changeme.", flush=True
         )
+    if has_demo:
         print(login_hint(settings), flush=True)
     uvicorn.run(
         create_app(settings),
