@@ -147,16 +147,21 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine(database_url: str) -> AsyncEngine:
-    """Create the async engine for SQLite (a file, WAL mode) or PostgreSQL."""
+    """Create the async engine for SQLite (a file, WAL mode) or PostgreSQL.
+
+    hide_parameters keeps bound values (password hashes, amounts) out of logged DB errors.
+    """
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         # timeout is SQLite's busy wait: writers queue for the lock instead of failing.
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
-    return create_async_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+    return create_async_engine(
+        url, pool_pre_ping=True, pool_size=10, max_overflow=10, hide_parameters=True
+    )
 
 
 # SQLite has one writer at a time. Writers that queue on an asyncio lock are served in order;
