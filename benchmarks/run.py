@@ -20,6 +20,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 REPORT = ROOT / "BENCHMARKS.md"
 COMMAND = "make bench"
 
+# End-to-end load harnesses: (title, module, args). Each starts its own servers on loopback, bounds
+# its load in count and time, prints a report that compares with its same-run baseline, and writes
+# its rows as JSON with --json.
+HARNESSES: list[tuple[str, str, list[str]]] = [
+    ("HTTP API on loopback (embedded SQLite)", "benchmarks.api_load", []),
+]
+
 
 def run_pytest(json_path: Path, args: list[str]) -> int:
     cmd = [
@@ -36,6 +43,16 @@ def run_pytest(json_path: Path, args: list[str]) -> int:
     ]
     print("+", " ".join(cmd), flush=True)
     return subprocess.call(cmd, cwd=ROOT)
+
+
+def run_harness(module: str, args: list[str]) -> tuple[int, str]:
+    name = module.rsplit(".", 1)[-1]
+    cmd = [sys.executable, "-m", module, *args, "--json", str(RESULTS / f"{name}.json")]
+    print("+", " ".join(cmd), flush=True)
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    print(done.stdout, end="")
+    print(done.stderr, end="", file=sys.stderr)
+    return done.returncode, done.stdout.strip()
 
 
 def _fmt_time(seconds: float) -> str:
@@ -57,7 +74,7 @@ def _notes(extra: dict[str, Any]) -> str:
     return "; ".join(str(p) for p in parts)
 
 
-def render(data: dict[str, Any], elapsed: float) -> str:
+def render(data: dict[str, Any], elapsed: float, harnesses: list[tuple[str, str, int, str]]) -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for bench in data["benchmarks"]:
         groups.setdefault(bench["group"] or bench["name"], []).append(bench)
@@ -111,8 +128,12 @@ def render(data: dict[str, Any], elapsed: float) -> str:
         lines.append("")
     if verdicts:
         lines += ["## Targets", "", *verdicts, ""]
+    for title, module, code, text in harnesses:
+        status = "" if code == 0 else f" (exited {code}: see its output)"
+        lines += [f"## {title}{status}", "", f"`python -m {module}`:", "", "```", text, "```", ""]
     lines += [
-        "Raw results: `benchmarks/results/core.json` (pytest-benchmark's JSON).",
+        "Raw results: `benchmarks/results/` (pytest-benchmark's JSON for the micro-benchmarks,",
+        "one JSON file per load harness).",
         "",
     ]
     return "\n".join(lines)
@@ -126,8 +147,16 @@ def main(argv: list[str]) -> int:
     if not json_path.exists():
         print("no benchmark results were written", file=sys.stderr)
         return code or 1
+    harnesses = []
+    for title, module, args in HARNESSES:
+        harness_code, text = run_harness(module, args)
+        harnesses.append((title, module, harness_code, text))
+        code = code or harness_code
     data = json.loads(json_path.read_text())
-    REPORT.write_text(render(data, time.monotonic() - start))
+    for bench in data["benchmarks"]:
+        bench["stats"].pop("data", None)  # every round's timing: megabytes, and the stats suffice
+    json_path.write_text(json.dumps(data, indent=1))
+    REPORT.write_text(render(data, time.monotonic() - start, harnesses))
     print(f"wrote {REPORT.relative_to(ROOT)}")
     return code
 
