@@ -28,6 +28,8 @@ class Event:
     key: str | None
     conflatable: bool
     payload: bytes
+    # Lets a subscription narrowed to some properties receive only theirs (None: org-wide).
+    property_id: int | None = None
 
     def __post_init__(self) -> None:
         if self.conflatable and not self.key:
@@ -39,16 +41,21 @@ def _encode(body: dict[str, Any]) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
+def _property_of(data: Any) -> int | None:
+    prop = data.get("propertyId") if isinstance(data, dict) else None
+    return prop if isinstance(prop, int) else None
+
+
 def fact(org_id: int, type_: str, data: Any) -> Event:
     """Build a non-conflatable event: something that happened, delivered every time."""
     body = {"type": type_, "orgId": org_id, "data": data}
-    return Event(org_id, None, False, _encode(body))
+    return Event(org_id, None, False, _encode(body), _property_of(data))
 
 
 def state(org_id: int, type_: str, key: str, data: Any) -> Event:
     """Build a conflatable event: the latest value of the entity named by key."""
     body = {"type": type_, "orgId": org_id, "key": key, "data": data}
-    return Event(org_id, key, True, _encode(body))
+    return Event(org_id, key, True, _encode(body), _property_of(data))
 
 
 class Publisher(Protocol):

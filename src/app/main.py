@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import auth, finance, health, storage
+from . import auth, finance, health, realtime, storage
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *health.operations,
         *auth.operations,
         *finance.operations,
+        *realtime.operations,
         Operation(
             "GET",
             "/openapi.json",
@@ -85,6 +86,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     await client.ping()
 
                 app.state.readiness_checks["redis"] = redis_ready
+            # Last in, so first out: streams close before the stores they read.
+            await realtime.start(app, settings, stack)
             yield
 
     middleware = [
@@ -102,7 +105,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
     ]
     app = Starlette(
-        routes=routes(operations),
+        routes=[*routes(operations), *realtime.websocket_routes],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

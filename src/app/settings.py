@@ -83,6 +83,13 @@ def _bool(raw: str) -> bool:
     raise ValueError("one of 1/0, true/false, yes/no, on/off")
 
 
+def _slow_consumer_policy(raw: str) -> str:
+    policy = raw.strip().lower()
+    if policy not in {"coalesce", "disconnect"}:
+        raise ValueError("one of coalesce, disconnect")
+    return policy
+
+
 def _origins(raw: str) -> tuple[str, ...]:
     origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
     for origin in origins:
@@ -118,6 +125,18 @@ class Settings:
     window_max_ms: float = 150.0
     compression_threshold: int = 1024
     zstd_level: int = 1
+    # Realtime stream (docs/REALTIME.md): caps, history for resume, slow consumers, fan-out.
+    realtime_max_connections_per_user: int = 10
+    realtime_max_connections_per_org: int = 1000
+    realtime_history_frames: int = 1000
+    realtime_history_age_s: float = 120.0
+    realtime_slow_consumer_policy: str = "coalesce"
+    realtime_queue_max_frames: int = 256
+    realtime_queue_max_bytes: int = 1024 * 1024
+    realtime_lease_s: float = 15.0
+    realtime_publish_max_events: int = 1000
+    realtime_event_max_bytes: int = 64 * 1024
+    realtime_redis_prefix: str = "streamcore"
     # Files the app keeps beside the embedded database (the generated JWT secret).
     data_dir: str = "./var"
     # Unset: a random secret generated once into DATA_DIR/jwt_secret, shared by workers.
@@ -170,6 +189,46 @@ class Settings:
                 env, "COMPRESSION_THRESHOLD", d.compression_threshold, _non_negative_int
             ),
             zstd_level=_read(env, "ZSTD_LEVEL", d.zstd_level, _zstd_level),
+            realtime_max_connections_per_user=_read(
+                env,
+                "REALTIME_MAX_CONNECTIONS_PER_USER",
+                d.realtime_max_connections_per_user,
+                _positive_int,
+            ),
+            realtime_max_connections_per_org=_read(
+                env,
+                "REALTIME_MAX_CONNECTIONS_PER_ORG",
+                d.realtime_max_connections_per_org,
+                _positive_int,
+            ),
+            realtime_history_frames=_read(
+                env, "REALTIME_HISTORY_FRAMES", d.realtime_history_frames, _positive_int
+            ),
+            realtime_history_age_s=_read(
+                env, "REALTIME_HISTORY_AGE_S", d.realtime_history_age_s, _positive_float
+            ),
+            realtime_slow_consumer_policy=_read(
+                env,
+                "REALTIME_SLOW_CONSUMER_POLICY",
+                d.realtime_slow_consumer_policy,
+                _slow_consumer_policy,
+            ),
+            realtime_queue_max_frames=_read(
+                env, "REALTIME_QUEUE_MAX_FRAMES", d.realtime_queue_max_frames, _positive_int
+            ),
+            realtime_queue_max_bytes=_read(
+                env, "REALTIME_QUEUE_MAX_BYTES", d.realtime_queue_max_bytes, _positive_int
+            ),
+            realtime_lease_s=_read(env, "REALTIME_LEASE_S", d.realtime_lease_s, _positive_float),
+            realtime_publish_max_events=_read(
+                env, "REALTIME_PUBLISH_MAX_EVENTS", d.realtime_publish_max_events, _positive_int
+            ),
+            realtime_event_max_bytes=_read(
+                env, "REALTIME_EVENT_MAX_BYTES", d.realtime_event_max_bytes, _positive_int
+            ),
+            realtime_redis_prefix=_read(
+                env, "REALTIME_REDIS_PREFIX", d.realtime_redis_prefix, str
+            ),
             data_dir=_read(env, "DATA_DIR", d.data_dir, str),
             jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
             token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),

@@ -67,6 +67,29 @@ def read_cases(path: str) -> dict[int, Case]:
     }
 
 
+def publish_cases() -> dict[int, Case]:
+    path = "/v2/realtime/publish"
+
+    def events(t: Tenant, **kw: Any) -> dict[str, Any]:
+        return {"events": [{"type": "note", "key": "k", "data": 1, **kw}]}
+
+    return {
+        202: lambda api, t: api.client.post(path, json=events(t), headers=t.auth),
+        400: lambda api, t: api.client.post(
+            path, content=b"{", headers={**t.auth, "Content-Type": "application/json"}
+        ),
+        401: lambda api, t: api.client.post(path, json=events(t)),
+        404: lambda api, t: api.client.post(path, json=events(t, propertyId=10**9), headers=t.auth),
+        413: lambda api, t: api.client.post(path, json=events(t, data="x" * 900), headers=t.auth),
+        415: lambda api, t: api.client.post(path, data={"a": "b"}, headers=t.auth),
+        422: lambda api, t: api.client.post(path, json={"events": []}, headers=t.auth),
+        # The degraded app's Redis refuses connections: the fan-out cannot take the events.
+        503: lambda api, t: api.degraded.post(  # type: ignore[union-attr]
+            path, json=events(t), headers=t.auth
+        ),
+    }
+
+
 def login(email: str, password: str) -> Case:
     return lambda api, t: api.client.post(
         "/auth/login", json={"email": email, "password": password}
@@ -96,6 +119,7 @@ CASES: dict[tuple[str, str], dict[int, Case]] = {
     ("get", "/v1/finance/expenses"): read_cases("/v1/finance/expenses"),
     ("post", "/v1/finance/revenues"): write_cases("revenues"),
     ("get", "/v1/finance/revenues"): read_cases("/v1/finance/revenues"),
+    ("post", "/v2/realtime/publish"): publish_cases(),
     ("get", "/v1/finance/summary"): {
         s: c for s, c in read_cases("/v1/finance/summary").items() if s != 400
     },

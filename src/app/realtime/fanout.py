@@ -1,0 +1,140 @@
+"""Across instances: every event goes through one Redis pub/sub channel per org.
+
+Pub/sub rather than streams: delivery is what the frames need (each instance conflates and frames
+for its own subscribers, and resume is served from each instance's own history), and pub/sub costs
+no memory in Redis. It is at-most-once: while Redis is down or restarting, events published then
+are lost. Instances notice (the subscription breaks), reconnect with backoff, and then send every
+subscriber a `reset` (reason "fanout_interrupted") so no client keeps a silent gap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+
+import orjson
+import redis.asyncio as aioredis
+
+from ..events import Event
+
+log = logging.getLogger("app.realtime")
+
+
+def encode(event: Event) -> bytes:
+    head = [event.org_id, event.property_id, event.key, event.conflatable]
+    return orjson.dumps(head) + b"\n" + event.payload
+
+
+def decode(message: bytes) -> Event:
+    head, _, payload = message.partition(b"\n")
+    org_id, property_id, key, conflatable = orjson.loads(head)
+    return Event(org_id, key, conflatable, payload, property_id)
+
+
+class RedisFanout:
+    """Publish this process's events to Redis; feed every org's events from Redis to the hub."""
+
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        ingest: Callable[[Event], None],
+        on_interrupted: Callable[[str], None],
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self._ingest = ingest
+        self._on_interrupted = on_interrupted
+        self._pub = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        self._outbox: deque[Event] = deque()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.connected = asyncio.Event()
+        self.lost = 0
+
+    def channel(self, org_id: int) -> str:
+        return f"{self.prefix}:rt:org:{org_id}"
+
+    def publish(self, event: Event) -> None:
+        """Queue an event for Redis (the EventBus sink: synchronous, never raises)."""
+        self._outbox.append(event)
+        self._wake.set()
+
+    async def publish_now(self, events: list[Event]) -> None:
+        """Publish and wait; raises if Redis cannot take them (the publish endpoint's 503)."""
+        async with self._pub.pipeline(transaction=False) as pipe:
+            for event in events:
+                pipe.publish(self.channel(event.org_id), encode(event))
+            await pipe.execute()
+
+    async def _sender(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = [self._outbox.popleft() for _ in range(min(len(self._outbox), 1000))]
+                try:
+                    await self.publish_now(batch)
+                except Exception:
+                    self.lost += len(batch)
+                    log.warning("fan-out publish failed; events lost", extra={"n": len(batch)})
+
+    async def _listener(self) -> None:
+        backoff = 0.1
+        interrupted = False
+        while True:
+            client = aioredis.Redis.from_url(self.url, socket_connect_timeout=1.0)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.psubscribe(f"{self.prefix}:rt:org:*")
+                self.connected.set()
+                if interrupted:
+                    self._on_interrupted("fanout_interrupted")
+                    interrupted = False
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=5.0)
+                    if message is None:
+                        await pubsub.ping()  # notices a dead server within the timeout
+                        continue
+                    if message.get("type") != "pmessage":
+                        continue
+                    try:
+                        self._ingest(decode(message["data"]))
+                    except Exception:
+                        log.exception("bad fan-out message")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                if self.connected.is_set():
+                    log.warning("fan-out subscription lost; reconnecting")
+                self.connected.clear()
+                interrupted = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                try:
+                    await pubsub.aclose()
+                    await client.aclose()
+                except Exception:
+                    pass
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._listener()), loop.create_task(self._sender())]
+        try:
+            await asyncio.wait_for(self.connected.wait(), 1.0)
+        except TimeoutError:
+            log.warning("fan-out not connected at start-up; retrying in the background")
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+        await self._pub.aclose()

@@ -1,0 +1,339 @@
+"""The hub: one per process. Channels, their windows, the flusher and the bounded history.
+
+write -> Hub.ingest -> the channel's Conflator -> WindowScheduler -> flush: encode once per codec
+in use -> history -> the same bytes to every subscriber of that codec.
+
+The flusher is a timer callback on the event loop set for `scheduler.next_deadline()`, not a task
+that polls: a flush touches only the channels whose window is due, so 100,000 quiet orgs cost
+memory, not CPU. The monotonic clock (loop.time()) is read here, never in streamcore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from streamcore import Codec, Conflator, FrameEncoder, FrameKind, WindowScheduler
+
+from ..events import Event
+from .ws_protocol import ws_header
+
+log = logging.getLogger("app.realtime")
+
+ChannelKey = tuple[int, frozenset[int] | None]  # (org, properties or None for the whole org)
+
+
+@dataclass
+class RealtimeMetrics:
+    """Counters of this process (exported by whatever scrapes app.state.hub.metrics)."""
+
+    events_in: int = 0
+    frames_flushed: int = 0
+    frames_sent: int = 0
+    connections: int = 0
+    refused_user_cap: int = 0
+    refused_org_cap: int = 0
+    refused_auth: int = 0
+    refused_bad_request: int = 0
+    slow_disconnects: int = 0
+    coalesced: int = 0
+    resumes: int = 0
+    resets: int = 0
+    fanout_interruptions: int = 0
+
+
+class Frame:
+    """One flushed window (or control message), its bytes built lazily once per codec."""
+
+    __slots__ = ("_data", "_wire", "kind", "payloads", "seq", "t")
+
+    def __init__(
+        self,
+        seq: int,
+        kind: int,
+        payloads: list[bytes],
+        data: dict[Codec, bytes] | None = None,
+        t: float = 0.0,
+    ) -> None:
+        self.seq = seq
+        self.kind = kind
+        self.payloads = payloads
+        self._data: dict[Codec, bytes] = data or {}
+        self._wire: dict[Codec, bytes] = {}
+        self.t = t
+
+    def data(self, codec: Codec, encoder: FrameEncoder) -> bytes:
+        """The protocol frame for this codec (docs/PROTOCOL.md)."""
+        frame = self._data.get(codec)
+        if frame is None:
+            frame = self._data[codec] = encoder.encode(self.seq, self.payloads, codec, self.kind)
+        return frame
+
+    def wire(self, codec: Codec, encoder: FrameEncoder) -> bytes:
+        """The protocol frame inside its WebSocket header, built once for every socket."""
+        wire = self._wire.get(codec)
+        if wire is None:
+            frame = self.data(codec, encoder)
+            wire = self._wire[codec] = ws_header(len(frame)) + frame
+        return wire
+
+
+class Channel:
+    """An org's stream (or a narrowing of it to some properties): seq, window, history."""
+
+    def __init__(self, sched_id: int, key: ChannelKey, history_frames: int) -> None:
+        self.sched_id = sched_id
+        self.key = key
+        self.org_id, self.properties = key
+        # A new epoch per channel object: seqs of another process or of an earlier life of this
+        # channel mean nothing here, and a resume naming them gets `reset`, not a silent gap.
+        self.epoch = secrets.token_hex(6)
+        self.seq = 0
+        self.conflator = Conflator()
+        self.history: deque[Frame] = deque(maxlen=history_frames)
+        self.subscribers: dict[Codec, set[Any]] = {}
+
+    @property
+    def name(self) -> str:
+        if self.properties is None:
+            return f"org:{self.org_id}"
+        props = ",".join(str(p) for p in sorted(self.properties))
+        return f"org:{self.org_id}/properties:{props}"
+
+    def subscriber_count(self) -> int:
+        return sum(len(s) for s in self.subscribers.values())
+
+    def control(self, message: dict[str, Any]) -> Frame:
+        return Frame(self.seq, FrameKind.CONTROL, [orjson.dumps(message)])
+
+    def reset_message(self, reason: str) -> dict[str, Any]:
+        oldest = self.history[0].seq if self.history else self.seq + 1
+        return {
+            "type": "reset",
+            "channel": self.name,
+            "epoch": self.epoch,
+            "seq": self.seq,
+            "oldest_seq": oldest,
+            "reason": reason,
+        }
+
+
+class Hub:
+    """Channels of this process and the timer that flushes them."""
+
+    def __init__(
+        self,
+        *,
+        window_min_ms: float,
+        window_max_ms: float,
+        compression_threshold: int,
+        zstd_level: int,
+        history_frames: int,
+        history_age_s: float,
+    ) -> None:
+        self.scheduler = WindowScheduler(window_min_ms, window_max_ms)
+        self.encoder = FrameEncoder(compression_threshold, zstd_level)
+        self.history_frames = history_frames
+        self.history_age_s = history_age_s
+        self.metrics = RealtimeMetrics()
+        self._channels: dict[ChannelKey, Channel] = {}
+        self._by_sched: dict[int, Channel] = {}
+        self._org_channels: dict[int, list[Channel]] = {}
+        self._next_sched_id = 1
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.connections: set[Any] = set()
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+
+    def now_ms(self) -> float:
+        assert self._loop is not None, "Hub.bind(loop) first"
+        return self._loop.time() * 1000.0
+
+    # -- channels ------------------------------------------------------------------------------
+
+    def channel(self, key: ChannelKey, create: bool = True) -> Channel | None:
+        ch = self._channels.get(key)
+        if ch is None and create:
+            ch = Channel(self._next_sched_id, key, self.history_frames)
+            self._next_sched_id += 1
+            self._channels[key] = ch
+            self._by_sched[ch.sched_id] = ch
+            self._org_channels.setdefault(key[0], []).append(ch)
+        return ch
+
+    def _drop_channel(self, ch: Channel) -> None:
+        # Only narrowed channels are dropped with their last subscriber; the org channel keeps
+        # its history for clients that reconnect.
+        self.scheduler.forget(ch.sched_id)
+        del self._channels[ch.key]
+        del self._by_sched[ch.sched_id]
+        self._org_channels[ch.org_id].remove(ch)
+
+    # -- events in -----------------------------------------------------------------------------
+
+    def ingest(self, event: Event) -> None:
+        """Put one event into its org's channels (called by the EventBus or the fan-out)."""
+        channels = self._org_channels.get(event.org_id)
+        if channels is None:
+            channels = [self.channel((event.org_id, None))]  # type: ignore[list-item]
+        prop = event.property_id
+        now = None
+        for ch in channels:
+            if ch.properties is not None and prop not in ch.properties:
+                continue
+            ch.conflator.push(event.key if event.conflatable else None, event.payload,
+                              event.conflatable)
+            if now is None:
+                now = self.now_ms()
+            if self.scheduler.touch(ch.sched_id, now):
+                self._arm()
+        self.metrics.events_in += 1
+
+    def ingest_many(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.ingest(event)
+
+    # -- the flusher ---------------------------------------------------------------------------
+
+    def _arm(self) -> None:
+        deadline = self.scheduler.next_deadline()
+        if deadline is None or self._loop is None:
+            return
+        if self._timer is not None:
+            if self._timer_at is not None and self._timer_at <= deadline:
+                return
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self._loop.call_at(deadline / 1000.0, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        try:
+            self.flush_due()
+        except Exception:
+            log.exception("flush failed")
+        self._arm()
+
+    def flush_due(self) -> int:
+        """Flush every channel whose window is due; return the number of frames built."""
+        now = self.now_ms()
+        built = 0
+        for sched_id in self.scheduler.due(now).tolist():
+            ch = self._by_sched.get(sched_id)
+            if ch is None:
+                continue
+            payloads = ch.conflator.drain()
+            if payloads:
+                self._emit(ch, payloads, now)
+                built += 1
+        return built
+
+    def _emit(self, ch: Channel, payloads: list[bytes], now: float) -> None:
+        ch.seq += 1
+        codecs = [c for c, subs in ch.subscribers.items() if subs] or [Codec.ZSTD]
+        data = self.encoder.encode_many(ch.seq, payloads, codecs)
+        frame = Frame(ch.seq, FrameKind.EVENTS, payloads, dict(data), now)
+        ch.history.append(frame)
+        horizon = now - self.history_age_s * 1000.0
+        while ch.history and ch.history[0].t < horizon:
+            ch.history.popleft()
+        self.metrics.frames_flushed += 1
+        for subs in ch.subscribers.values():
+            for conn in tuple(subs):
+                conn.deliver(frame)
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    def subscribe(
+        self,
+        conn: Any,
+        properties: frozenset[int] | None,
+        resume_epoch: str | None,
+        resume_seq: int | None,
+    ) -> Channel:
+        """Attach a connection: hello, then the frames it missed or a reset (all synchronous)."""
+        ch = self.channel((conn.org_id, properties))
+        assert ch is not None
+        conn.channel = ch
+        conn.send_control(
+            ch.control(
+                {
+                    "type": "hello",
+                    "channel": ch.name,
+                    "epoch": ch.epoch,
+                    "seq": ch.seq,
+                    "codec": conn.codec.name.lower(),
+                    "connection_id": conn.id,
+                }
+            )
+        )
+        if resume_seq is not None:
+            self.metrics.resumes += 1
+            self._replay(ch, conn, resume_epoch, resume_seq)
+        ch.subscribers.setdefault(conn.codec, set()).add(conn)
+        self.connections.add(conn)
+        self.metrics.connections = len(self.connections)
+        return ch
+
+    def _replay(self, ch: Channel, conn: Any, epoch: str | None, last_seq: int) -> None:
+        horizon = self.now_ms() - self.history_age_s * 1000.0
+        while ch.history and ch.history[0].t < horizon:
+            ch.history.popleft()
+        if epoch != ch.epoch:
+            reason = "epoch_changed"
+        elif last_seq > ch.seq:
+            reason = "unknown_seq"
+        elif last_seq == ch.seq:
+            return
+        elif ch.history and ch.history[0].seq <= last_seq + 1:
+            for frame in ch.history:
+                if frame.seq > last_seq:
+                    conn.send_control(frame)  # queued in order, before any new frame
+            return
+        else:
+            reason = "history_expired"
+        self.metrics.resets += 1
+        conn.send_control(ch.control(ch.reset_message(reason)))
+
+    def unsubscribe(self, conn: Any) -> None:
+        self.connections.discard(conn)
+        self.metrics.connections = len(self.connections)
+        ch: Channel | None = conn.channel
+        if ch is None:
+            return
+        subs = ch.subscribers.get(conn.codec)
+        if subs is not None:
+            subs.discard(conn)
+            if not subs:
+                del ch.subscribers[conn.codec]
+        if ch.properties is not None and not ch.subscribers and ch.key in self._channels:
+            self._drop_channel(ch)
+
+    def reset_all(self, reason: str) -> None:
+        """Tell every subscriber its stream may have lost events (e.g. the fan-out broke)."""
+        for ch in list(self._channels.values()):
+            msg = ch.control(ch.reset_message(reason))
+            for subs in ch.subscribers.values():
+                for conn in tuple(subs):
+                    self.metrics.resets += 1
+                    conn.send_control(msg)
+
+    def shutdown_connections(self, code: int, reason: str) -> None:
+        for conn in tuple(self.connections):
+            conn.shutdown(code, reason)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
