@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import accounts, storage
+from . import accounts, idempotency, storage
 from .auth import Principal, authenticate
 from .currencies import ISO_4217
 from .errors import InvalidCursor, NotFound
@@ -263,7 +263,12 @@ class Ledger:
         }
 
     async def create(
-        self, engine: AsyncEngine, bus: Publisher, who: Principal, body: _EntryIn
+        self,
+        engine: AsyncEngine,
+        bus: Publisher,
+        who: Principal,
+        body: _EntryIn,
+        claim: idempotency.Claim | None = None,
     ) -> dict[str, Any]:
         """Store an entry, bump the property's running totals, publish after commit."""
         values = {
@@ -285,7 +290,10 @@ class Ledger:
             totals = await _bump_totals(
                 conn, self.kind, body.property_id, body.currency, body.amount_cents
             )
-        record = self.record(row)
+            record = self.record(row)
+            if claim is not None:
+                # The key's record commits with the entry: a retry can never write it twice.
+                await claim.complete(conn, OrjsonResponse(record, status_code=201))
         bus.publish_many(self.events(who.org_id, record, totals))
         return record
 
@@ -467,7 +475,13 @@ def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
     async def endpoint(request: Request) -> Response:
         who = authenticate(request)
         body = await read_json(request, model, context=_limits(request.app.state.settings))
-        record = await ledger.create(request.app.state.db, request.app.state.events, who, body)
+        record = await ledger.create(
+            request.app.state.db,
+            request.app.state.events,
+            who,
+            body,
+            idempotency.claim_of(request),
+        )
         return OrjsonResponse(record, status_code=201)
 
     endpoint.__name__ = f"create_{ledger.kind}"
@@ -511,6 +525,7 @@ operations = [
         body=ExpenseIn,
         responses={201: Expense},
         errors=_WRITE_ERRORS,
+        idempotent=True,
     ),
     Operation(
         "GET",
@@ -531,6 +546,7 @@ operations = [
         body=RevenueIn,
         responses={201: Revenue},
         errors=_WRITE_ERRORS,
+        idempotent=True,
     ),
     Operation(
         "GET",

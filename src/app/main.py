@@ -12,11 +12,12 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import auth, finance, health, realtime, storage
+from . import auth, finance, health, idempotency, realtime, storage
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
 from .middleware.cors import CorsMiddleware
+from .middleware.idempotency import IdempotencyMiddleware
 from .middleware.request_context import RequestContextMiddleware
 from .openapi import Operation, build_document, routes
 from .responses import OrjsonResponse
@@ -71,6 +72,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await storage.ping(app.state.db)
 
             app.state.readiness_checks["database"] = database_ready
+            store, idem_redis = idempotency.open_store(
+                settings, engine, app.state.idempotency_stats
+            )
+            if idem_redis is not None:
+                stack.push_async_callback(idem_redis.aclose)
+            app.state.idempotency = store
             app.state.tokens = auth.Tokens(
                 settings.jwt_secret or auth.load_or_create_secret(settings.data_dir),
                 settings.token_ttl_s,
@@ -103,6 +110,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             max_age=600,
         ),
         Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+        # Innermost: the body is already bounded, and it sees exactly what the handler sends.
+        Middleware(
+            IdempotencyMiddleware,
+            routes=[op.route() for op in operations if op.idempotent],
+            mismatch_status=settings.idempotency_mismatch_status,
+        ),
     ]
     app = Starlette(
         routes=[*routes(operations), *realtime.websocket_routes],
@@ -116,5 +129,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.login_throttle = auth.LoginThrottle(
         settings.login_max_failures, settings.login_window_s
     )
+    app.state.idempotency_stats = idempotency.Stats()
     app.state.openapi = build_document(operations, settings)
     return app

@@ -59,6 +59,8 @@ class Operation:
     responses: Mapping[int, type[BaseModel]] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
     auth: bool = True
+    # Honours Idempotency-Key (app.middleware.idempotency); documents its header and answers.
+    idempotent: bool = False
 
     def route(self) -> Route:
         return Route(self.path, self.endpoint, methods=[self.method])
@@ -81,6 +83,51 @@ def _apply_settings(node: Any, settings: Settings) -> Any:
     if isinstance(node, list):
         return [_apply_settings(v, settings) for v in node]
     return node
+
+
+IDEMPOTENCY_KEY_PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": (
+        "1-255 visible ASCII characters (or the IETF draft's quoted form), scoped to the caller. "
+        "The same key and request within IDEMPOTENCY_TTL_S replays the stored response with "
+        "Idempotent-Replayed: true; see docs/IDEMPOTENCY.md."
+    ),
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+}
+
+
+def _document_idempotency(responses: dict[str, Any], settings: Settings) -> None:
+    error = {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}
+    replayed = {
+        "Idempotent-Replayed": {
+            "description": "true when this is the stored response of an earlier request",
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    }
+    for status, entry in responses.items():
+        if status.startswith("2") or status in ("403", "404"):  # the outcomes that are stored
+            entry.setdefault("headers", {}).update(replayed)
+    bad = responses.setdefault("400", {"description": "Bad request", "content": error})
+    bad["description"] += "; or an invalid Idempotency-Key (idempotency_key_invalid)"
+    responses["409"] = {
+        "description": (
+            "idempotency_request_in_progress: a request with this key is still running "
+            "(Retry-After)"
+            + (
+                "; or idempotency_key_reused: the key was used with another request"
+                if settings.idempotency_mismatch_status == 409
+                else ""
+            )
+        ),
+        "headers": {"Retry-After": {"schema": {"type": "integer"}}},
+        "content": error,
+    }
+    if settings.idempotency_mismatch_status == 422:
+        responses["422"]["description"] += (
+            "; or idempotency_key_reused: the key was used with another request"
+        )
 
 
 def build_document(operations: Iterable[Operation], settings: Settings) -> dict[str, Any]:
@@ -114,8 +161,12 @@ def build_document(operations: Iterable[Operation], settings: Settings) -> dict[
                 },
             }
             if status == 401:
-                entry["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+                entry["headers"] = {
+                    "WWW-Authenticate": {"required": True, "schema": {"type": "string"}}
+                }
             responses[str(status)] = entry
+        if op.idempotent:
+            _document_idempotency(responses, settings)
         doc: dict[str, Any] = {
             "operationId": op.endpoint.__name__,
             "summary": op.summary,
@@ -131,13 +182,15 @@ def build_document(operations: Iterable[Operation], settings: Settings) -> dict[
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": ref[(op.body, "validation")]}}},
             }
+        if op.idempotent:
+            doc.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
         if op.query:
             schema = op.query.model_json_schema(ref_template=REF)
             required = set(schema.get("required", ()))
-            doc["parameters"] = [
+            doc.setdefault("parameters", []).extend(
                 {"name": name, "in": "query", "required": name in required, "schema": prop}
                 for name, prop in schema["properties"].items()
-            ]
+            )
         paths.setdefault(op.path, {})[op.method.lower()] = doc
 
     document = {

@@ -83,6 +83,13 @@ def _bool(raw: str) -> bool:
     raise ValueError("one of 1/0, true/false, yes/no, on/off")
 
 
+def _mismatch_status(raw: str) -> int:
+    value = int(raw)
+    if value not in (409, 422):
+        raise ValueError("409 (Stripe) or 422 (IETF draft)")
+    return value
+
+
 def _slow_consumer_policy(raw: str) -> str:
     policy = raw.strip().lower()
     if policy not in {"coalesce", "disconnect"}:
@@ -156,6 +163,14 @@ class Settings:
     login_window_s: int = 300
     # `serve` seeds the demo org/property/user into an empty database.
     seed_demo: bool = True
+    # Idempotency-Key: how long a response is replayed, and the in-flight claim's lease.
+    idempotency_ttl_s: int = 24 * 3600
+    idempotency_lease_s: float = 10.0
+    # 409 (Stripe, this API's contract) or 422 (the IETF draft) for a key reused with another body.
+    idempotency_mismatch_status: int = 409
+    idempotency_redis_prefix: str = "streamcore:idem:"
+    # Per Redis command; past it the request falls back to the database store.
+    idempotency_redis_timeout_ms: int = 100
 
     def __post_init__(self) -> None:
         if self.window_min_ms > self.window_max_ms:
@@ -166,6 +181,11 @@ class Settings:
             raise SettingsError(
                 f"PAGE_SIZE_DEFAULT={self.page_size_default} is above "
                 f"PAGE_SIZE_MAX={self.page_size_max}"
+            )
+        if self.idempotency_lease_s >= self.idempotency_ttl_s:
+            raise SettingsError(
+                f"IDEMPOTENCY_LEASE_S={self.idempotency_lease_s} is not below "
+                f"IDEMPOTENCY_TTL_S={self.idempotency_ttl_s}"
             )
         if self.max_amount_cents > MAX_AMOUNT_LIMIT:
             raise SettingsError(
@@ -242,4 +262,17 @@ class Settings:
             ),
             login_window_s=_read(env, "LOGIN_WINDOW_S", d.login_window_s, _positive_int),
             seed_demo=_read(env, "SEED_DEMO", d.seed_demo, _bool),
+            idempotency_ttl_s=_read(env, "IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, _positive_int),
+            idempotency_lease_s=_read(
+                env, "IDEMPOTENCY_LEASE_S", d.idempotency_lease_s, _positive_float
+            ),
+            idempotency_mismatch_status=_read(
+                env, "IDEMPOTENCY_MISMATCH_STATUS", d.idempotency_mismatch_status, _mismatch_status
+            ),
+            idempotency_redis_prefix=_read(
+                env, "IDEMPOTENCY_REDIS_PREFIX", d.idempotency_redis_prefix, str
+            ),
+            idempotency_redis_timeout_ms=_read(
+                env, "IDEMPOTENCY_REDIS_TIMEOUT_MS", d.idempotency_redis_timeout_ms, _positive_int
+            ),
         )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -130,6 +131,28 @@ property_totals = Table(
     Column("currency", String(3), primary_key=True),
     Column("expenses_cents", BigInteger(), nullable=False),
     Column("revenues_cents", BigInteger(), nullable=False),
+)
+
+
+# One row per (caller, Idempotency-Key): an in-flight claim with a lease, then the response.
+# Instants are epoch milliseconds: compared on every claim, identical on both dialects.
+idempotency_records = Table(
+    "idempotency_records",
+    metadata,
+    Column("org_id", Id, primary_key=True),
+    Column("user_id", Id, primary_key=True),
+    Column("key", String(255), primary_key=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("method", String(16), nullable=False),
+    Column("route", String(255), nullable=False),
+    Column("state", String(16), nullable=False),  # "in_flight" | "completed"
+    Column("claim_token", String(32)),
+    Column("claimed_until_ms", BigInteger()),
+    Column("status", Integer()),
+    Column("headers", LargeBinary()),
+    Column("body", LargeBinary()),
+    Column("created_ms", BigInteger(), nullable=False),
+    Column("expires_ms", BigInteger(), nullable=False, index=True),
 )
 
 

@@ -1,0 +1,503 @@
+"""Idempotency keys: claim, store and replay responses per caller and key (docs/IDEMPOTENCY.md).
+
+The database is the source of truth: a write handler saves the key's record in the same
+transaction as its write (`Claim.complete`), and the table's primary key (caller, key) makes a
+second write impossible whatever happened to a lease or to Redis. Redis, when configured, is the
+fast path: one atomic script looks up a stored response or claims the key with a short lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from sqlalchemy import and_, bindparam, delete, or_, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+
+from . import storage
+from .settings import Settings
+from .storage import idempotency_records as T
+
+log = logging.getLogger("app.idempotency")
+
+HEADER = "Idempotency-Key"
+REPLAYED = "Idempotent-Replayed"
+MAX_KEY_LENGTH = 255
+# Replays repeat what the handler said, never what belongs to one exchange or one client.
+_NOT_STORED_HEADERS = frozenset(
+    {
+        b"set-cookie",
+        b"date",
+        b"server",
+        b"content-length",
+        b"connection",
+        b"transfer-encoding",
+        b"keep-alive",
+        b"x-request-id",
+        b"idempotent-replayed",
+    }
+)
+IN_FLIGHT, COMPLETED = "in_flight", "completed"
+_PURGE_EVERY_S = 60.0
+_PURGE_BATCH = 1000
+_REDIS_RETRY_S = 1.0  # after a Redis failure, go straight to the database for this long
+
+
+class InvalidKey(ValueError):
+    """The Idempotency-Key header is absent-but-empty, repeated or malformed."""
+
+
+class RecordExists(Exception):
+    """The key already has a record another request wrote; the write was rolled back."""
+
+
+def parse_key(values: list[bytes]) -> str:
+    """Return the key from the header's field values, or raise InvalidKey.
+
+    A bare key is 1-255 visible ASCII characters; the IETF draft's sf-string form ("...")
+    names the same key. Two fields, an empty one or anything else is refused.
+    """
+    if len(values) != 1:
+        raise InvalidKey("Send exactly one Idempotency-Key header.")
+    raw = values[0].strip(b" \t")
+    if raw.startswith(b'"'):
+        if len(raw) < 2 or not raw.endswith(b'"'):
+            raise InvalidKey("A quoted Idempotency-Key must end with a quote.")
+        inner, out, escaped = raw[1:-1], bytearray(), False
+        for byte in inner:
+            if escaped:
+                if byte not in b'"\\':
+                    raise InvalidKey('Only \\" and \\\\ may be escaped in a quoted key.')
+                out.append(byte)
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                raise InvalidKey("A quote inside a quoted key must be escaped.")
+            else:
+                out.append(byte)
+        if escaped:
+            raise InvalidKey("A quoted key cannot end with a backslash.")
+        raw = bytes(out)
+    if not 1 <= len(raw) <= MAX_KEY_LENGTH:
+        raise InvalidKey(f"An Idempotency-Key is 1 to {MAX_KEY_LENGTH} characters.")
+    if any(not 0x21 <= b <= 0x7E for b in raw):
+        raise InvalidKey("An Idempotency-Key is visible ASCII only (no spaces or controls).")
+    return raw.decode("ascii")
+
+
+def fingerprint(method: str, route: str, body: bytes) -> str:
+    """SHA-256 over the method, the route template and the body's meaning (canonical JSON)."""
+    try:
+        # Key order and whitespace do not change what a JSON body means; sorted keys remove them.
+        canonical = b"json:" + orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONDecodeError:
+        canonical = b"raw:" + body  # the handler will refuse it; still, never a false match
+    digest = hashlib.sha256()
+    for part in (method.upper().encode(), route.encode(), canonical):
+        digest.update(len(part).to_bytes(8, "big"))
+        digest.update(part)
+    return digest.hexdigest()
+
+
+def storable(status: int) -> bool:
+    """2xx and the handler's business 4xx are kept; validation, 429 and 5xx may be retried."""
+    return 200 <= status < 300 or status in (403, 404, 409)
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """A response as replayed: status, headers (without per-exchange ones) and the body bytes."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+    @classmethod
+    def of(cls, status: int, raw_headers: Iterable[tuple[bytes, bytes]], body: bytes) -> Stored:
+        headers = tuple(
+            (k.lower(), v) for k, v in raw_headers if k.lower() not in _NOT_STORED_HEADERS
+        )
+        return cls(status, headers, body)
+
+    def headers_blob(self) -> bytes:
+        return orjson.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in self.headers])
+
+    @staticmethod
+    def parse_headers(blob: bytes) -> tuple[tuple[bytes, bytes], ...]:
+        return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in orjson.loads(blob))
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    stored: Stored
+
+
+@dataclass(frozen=True, slots=True)
+class Mismatch:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class InProgress:
+    retry_after_s: int
+
+
+@dataclass
+class Stats:
+    """Counters the metrics endpoint exports (app.state.idempotency_stats)."""
+
+    claims: int = 0
+    replays: int = 0
+    mismatches: int = 0
+    in_progress: int = 0
+    stored: int = 0
+    released: int = 0
+    backstop_hits: int = 0  # a write rolled back because the key already had a record
+    redis_errors: int = 0
+    redis_fallbacks: int = 0
+    purged: int = 0
+
+
+@dataclass(eq=False)
+class Claim:
+    """This request holds the key; hand it to the handler through request.state.idempotency."""
+
+    store: DatabaseStore
+    org_id: int
+    user_id: int
+    key: str
+    fingerprint: str
+    method: str
+    route: str
+    token: str
+    lease_until_ms: int
+    via_redis: bool = False
+    saved: Stored | None = field(default=None)
+
+    async def complete(self, conn: AsyncConnection, response: Response) -> None:
+        """Save the response in the caller's write transaction; raise RecordExists if taken."""
+        stored = Stored.of(response.status_code, response.raw_headers, bytes(response.body))
+        await self.store.upsert_completed(conn, self, stored)
+        self.saved = stored
+
+
+def claim_of(request: Request) -> Claim | None:
+    """The idempotency claim of this request, if it carried a key on a covered route."""
+    claim: Claim | None = request.scope.get("state", {}).get("idempotency")
+    return claim
+
+
+def _ms(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def _retry_after(until_ms: int | None, now_ms: int) -> int:
+    return max(1, math.ceil(((until_ms or now_ms) - now_ms) / 1000))
+
+
+def _upsert(dialect: str, *, completed: bool) -> Any:
+    """INSERT the record, or take over a row whose claim or record has lapsed."""
+    ins = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(T)
+    now: Any = bindparam("now")
+    takeover = or_(T.c.expires_ms <= now, and_(T.c.state == IN_FLIGHT, T.c.claimed_until_ms <= now))
+    if completed:
+        # Our own claim row, or a lapsed one; never someone else's live claim or record.
+        takeover = or_(takeover, and_(T.c.state == IN_FLIGHT, T.c.claim_token == bindparam("mine")))
+    cols = [c.name for c in T.c if c.name not in ("org_id", "user_id", "key")]
+    stmt = ins.on_conflict_do_update(
+        index_elements=[T.c.org_id, T.c.user_id, T.c.key],
+        set_={name: ins.excluded[name] for name in cols},
+        where=takeover,
+    )
+    return stmt.returning(T.c.state)
+
+
+_UPSERTS = {
+    (name, completed): _upsert(name, completed=completed)
+    for name in ("sqlite", "postgresql")
+    for completed in (False, True)
+}
+_PK = and_(T.c.org_id == bindparam("o"), T.c.user_id == bindparam("u"), T.c.key == bindparam("k"))
+_LOOKUP = select(
+    T.c.fingerprint,
+    T.c.state,
+    T.c.claimed_until_ms,
+    T.c.status,
+    T.c.headers,
+    T.c.body,
+    T.c.expires_ms,
+).where(_PK)
+_RELEASE = delete(T).where(_PK, T.c.state == IN_FLIGHT, T.c.claim_token == bindparam("mine"))
+
+
+class DatabaseStore:
+    """The durable store in the app's own database; also the backstop behind Redis."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        settings: Settings,
+        stats: Stats,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.ttl_ms = _ms(settings.idempotency_ttl_s)
+        self.lease_ms = _ms(settings.idempotency_lease_s)
+        self.stats = stats
+        self.clock = clock  # wall clock (records outlive the process); tests inject their own
+        self._next_purge = 0.0
+
+    def now_ms(self) -> int:
+        return _ms(self.clock())
+
+    def _values(self, c: Claim, now: int, stored: Stored | None) -> dict[str, Any]:
+        return {
+            "org_id": c.org_id,
+            "user_id": c.user_id,
+            "key": c.key,
+            "fingerprint": c.fingerprint,
+            "method": c.method,
+            "route": c.route,
+            "state": COMPLETED if stored else IN_FLIGHT,
+            "claim_token": None if stored else c.token,
+            "claimed_until_ms": None if stored else c.lease_until_ms,
+            "status": stored.status if stored else None,
+            "headers": stored.headers_blob() if stored else None,
+            "body": stored.body if stored else None,
+            "created_ms": now,
+            "expires_ms": now + self.ttl_ms,
+            "now": now,
+            "mine": c.token,
+        }
+
+    def new_claim(
+        self, org_id: int, user_id: int, key: str, fp: str, method: str, route: str
+    ) -> Claim:
+        token = secrets.token_hex(16)
+        until = self.now_ms() + self.lease_ms
+        return Claim(self, org_id, user_id, key, fp, method, route, token, until)
+
+    async def claim(self, c: Claim) -> Claim | Replay | Mismatch | InProgress:
+        """Claim the key with a lease, or say why not (stored, other body, still running)."""
+        await self._maybe_purge()
+        for _ in range(3):  # a row released between our INSERT and SELECT: try again
+            now = self.now_ms()
+            c.lease_until_ms = now + self.lease_ms
+            async with storage.write_transaction(self.engine) as conn:
+                stmt = _UPSERTS[(conn.dialect.name, False)]
+                won = (await conn.execute(stmt, self._values(c, now, None))).first()
+            if won is not None:
+                self.stats.claims += 1
+                return c
+            outcome = await self.lookup(c)
+            if outcome is not None:
+                return outcome
+        return InProgress(1)
+
+    async def lookup(self, c: Claim) -> Replay | Mismatch | InProgress | None:
+        """Judge the stored row for this caller and key against the request; None if none."""
+        now = self.now_ms()
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(_LOOKUP, {"o": c.org_id, "u": c.user_id, "k": c.key})).first()
+        if row is None or row.expires_ms <= now:
+            return None
+        if row.fingerprint != c.fingerprint:
+            return Mismatch()
+        if row.state == COMPLETED:
+            return Replay(Stored(row.status, Stored.parse_headers(row.headers), bytes(row.body)))
+        if row.claimed_until_ms is not None and row.claimed_until_ms <= now:
+            return None  # a lapsed claim: free to take
+        return InProgress(_retry_after(row.claimed_until_ms, now))
+
+    async def upsert_completed(self, conn: AsyncConnection, c: Claim, stored: Stored) -> None:
+        """Write the completed record in conn's transaction; raise RecordExists if taken."""
+        stmt = _UPSERTS[(conn.dialect.name, True)]
+        try:
+            won = (await conn.execute(stmt, self._values(c, self.now_ms(), stored))).first()
+        except IntegrityError:  # a concurrent insert on a dialect that reports it this way
+            won = None
+        if won is None:
+            self.stats.backstop_hits += 1
+            raise RecordExists(c.key)
+        self.stats.stored += 1
+
+    async def save(self, c: Claim, stored: Stored) -> Stored:
+        """Store a response the handler did not store itself; answer the record that stands."""
+        try:
+            async with storage.write_transaction(self.engine) as conn:
+                await self.upsert_completed(conn, c, stored)
+        except RecordExists:
+            pass
+        return stored
+
+    async def release(self, c: Claim) -> None:
+        """Free the key after an outcome that is not stored (validation, 429, 5xx)."""
+        async with storage.write_transaction(self.engine) as conn:
+            await conn.execute(
+                _RELEASE, {"o": c.org_id, "u": c.user_id, "k": c.key, "mine": c.token}
+            )
+        self.stats.released += 1
+
+    async def _maybe_purge(self) -> None:
+        # Opportunistic: at most once a minute per process, a bounded batch of expired rows.
+        if time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + _PURGE_EVERY_S
+        now = self.now_ms()
+        victims = (
+            select(T.c.org_id, T.c.user_id, T.c.key)
+            .where(T.c.expires_ms <= now)
+            .limit(_PURGE_BATCH)
+            .subquery()
+        )
+        stmt = delete(T).where(
+            tuple_(T.c.org_id, T.c.user_id, T.c.key).in_(
+                select(victims.c.org_id, victims.c.user_id, victims.c.key)
+            )
+        )
+        async with storage.write_transaction(self.engine) as conn:
+            self.stats.purged += (await conn.execute(stmt)).rowcount or 0
+
+
+# One round trip: a stored record or a live claim answers as is; otherwise claim with a lease.
+_CLAIM_LUA = """
+local v = redis.call('GET', KEYS[1])
+if v then return {v, redis.call('PTTL', KEYS[1])} end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisStore:
+    """Redis in front of the database store: claim + cached response in one key per caller."""
+
+    def __init__(self, client: aioredis.Redis, db: DatabaseStore, prefix: str) -> None:
+        self.client = client
+        self.db = db
+        self.stats = db.stats
+        self.prefix = prefix
+        self._claim = client.register_script(_CLAIM_LUA)
+        self._release = client.register_script(_RELEASE_LUA)
+        self._skip_until = 0.0
+        self._incident = False
+
+    def new_claim(
+        self, org_id: int, user_id: int, key: str, fp: str, method: str, route: str
+    ) -> Claim:
+        return self.db.new_claim(org_id, user_id, key, fp, method, route)
+
+    def _key(self, c: Claim) -> str:
+        return f"{self.prefix}{c.org_id}:{c.user_id}:{c.key}"
+
+    def _usable(self) -> bool:
+        return time.monotonic() >= self._skip_until
+
+    def _failed(self, exc: BaseException) -> None:
+        self.stats.redis_errors += 1
+        self._skip_until = time.monotonic() + _REDIS_RETRY_S
+        if not self._incident:  # once per incident, not per request
+            self._incident = True
+            log.warning(
+                "idempotency: Redis unavailable, using the database store",
+                extra={"error": type(exc).__name__},
+            )
+
+    def _ok(self) -> None:
+        if self._incident:
+            self._incident = False
+            log.warning("idempotency: Redis answers again")
+
+    async def claim(self, c: Claim) -> Claim | Replay | Mismatch | InProgress:
+        if self._usable():
+            value = b"C" + c.fingerprint.encode() + c.token.encode()
+            try:
+                found = await self._claim(keys=[self._key(c)], args=[value, self.db.lease_ms])
+            except _REDIS_FAILURES as exc:
+                self._failed(exc)
+            else:
+                self._ok()
+                if not found:
+                    self.stats.claims += 1
+                    c.via_redis = True
+                    return c
+                return self._judge(c, found[0], int(found[1]))
+        self.stats.redis_fallbacks += 1
+        return await self.db.claim(c)
+
+    def _judge(self, c: Claim, value: bytes, pttl: int) -> Replay | Mismatch | InProgress:
+        if value[1:65].decode() != c.fingerprint:
+            return Mismatch()
+        if value[:1] == b"C":
+            return InProgress(max(1, math.ceil(pttl / 1000)))
+        meta, _, body = value[65:].partition(b"\n")
+        status = int(meta[:3])
+        return Replay(Stored(status, Stored.parse_headers(meta[3:]), body))
+
+    async def lookup(self, c: Claim) -> Replay | Mismatch | InProgress | None:
+        return await self.db.lookup(c)
+
+    async def cache(self, c: Claim, stored: Stored) -> None:
+        """Keep a stored response in Redis for fast replays (the database already has it)."""
+        if not self._usable():
+            return
+        value = b"R" + c.fingerprint.encode() + b"%03d" % stored.status + stored.headers_blob()
+        try:
+            await self.client.set(self._key(c), value + b"\n" + stored.body, px=self.db.ttl_ms)
+        except _REDIS_FAILURES as exc:
+            self._failed(exc)
+
+    async def save(self, c: Claim, stored: Stored) -> Stored:
+        await self.db.save(c, stored)
+        await self.cache(c, stored)
+        return stored
+
+    async def release(self, c: Claim) -> None:
+        if not c.via_redis:
+            await self.db.release(c)
+            return
+        self.stats.released += 1
+        if not self._usable():
+            return  # the lease frees the key
+        value = b"C" + c.fingerprint.encode() + c.token.encode()
+        try:
+            await self._release(keys=[self._key(c)], args=[value])
+        except _REDIS_FAILURES as exc:
+            self._failed(exc)
+
+
+Store = DatabaseStore | RedisStore
+
+
+def open_store(
+    settings: Settings, engine: AsyncEngine, stats: Stats
+) -> tuple[Store, aioredis.Redis | None]:
+    """The Redis store when REDIS_URL is set, else the database store; and the client to close."""
+    db = DatabaseStore(engine, settings, stats)
+    if not settings.redis_url:
+        return db, None
+    timeout = settings.idempotency_redis_timeout_ms / 1000
+    # Short timeouts: a hung Redis costs a request at most this before the database answers.
+    client = aioredis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+    return RedisStore(client, db, settings.idempotency_redis_prefix), client
