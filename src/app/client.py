@@ -60,6 +60,7 @@ class StreamClient:
         codec: str = "zstd",
         properties: list[int] | None = None,
         reconnect: bool = True,
+        initial_backoff_s: float = 0.05,
         max_backoff_s: float = 5.0,
         max_size: int = 64 * 1024 * 1024,
     ) -> None:
@@ -68,6 +69,7 @@ class StreamClient:
         self.codec = codec
         self.properties = properties
         self.reconnect = reconnect
+        self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_size = max_size
         self.epoch: str | None = None
@@ -130,7 +132,7 @@ class StreamClient:
 
     async def batches(self) -> AsyncIterator[list[Any] | Reset]:
         """Yield each applied frame's events as a list (or a Reset), reconnecting as needed."""
-        backoff = 0.05
+        backoff = self.initial_backoff_s
         while not self._closed:
             try:
                 ws = await self._connect()
@@ -152,7 +154,7 @@ class StreamClient:
                     if item is None:
                         gap = True
                         break
-                    backoff = 0.05
+                    backoff = self.initial_backoff_s
                     yield item
             except ConnectionClosed as exc:
                 self.last_close_code = exc.rcvd.code if exc.rcvd else None
