@@ -15,6 +15,7 @@ last seq, reconnects with resume (the server replays what was missed or answers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -102,10 +103,8 @@ class StreamClient:
             )
         except InvalidStatus as exc:
             body: Any = exc.response.body
-            try:
+            with contextlib.suppress(orjson.JSONDecodeError):
                 body = orjson.loads(body or b"")
-            except orjson.JSONDecodeError:
-                pass
             raise StreamRefused(exc.response.status_code, body) from None
         self.connects += 1
         self._ws = ws

@@ -1,4 +1,4 @@
-"""Realtime delivery: the hub, the stream and publish endpoints, caps, fan-out (docs/REALTIME.md)."""
+"""Realtime delivery: hub, stream and publish endpoints, caps, fan-out (docs/REALTIME.md)."""
 
 from __future__ import annotations
 

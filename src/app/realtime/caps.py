@@ -9,6 +9,7 @@ the connections of a worker that dies stop counting within LEASE seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
@@ -197,9 +198,7 @@ class RedisCaps:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
         for lease in list(self._leases.values()):
             await self.release(lease)

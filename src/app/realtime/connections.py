@@ -9,6 +9,7 @@ them, bounded in frames and bytes. Over the bound, `coalesce` merges what waits 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -98,15 +99,20 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        # The writer task exists only on the paths that need one: ASGI sends, or a lagging socket
+        # (an idle connection on the prepared path costs no task).
+        if self._prepared is None or self._queue:
+            self._start_writer()
+
+    def _start_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def stop(self) -> None:
         if self._writer is not None:
             self._writer.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._writer
-            except (asyncio.CancelledError, Exception):
-                pass
 
     # -- called synchronously by the flusher ---------------------------------------------------
 
@@ -115,11 +121,7 @@ class Connection:
         if self.close_code is not None:
             return
         prepared = self._prepared
-        if (
-            prepared is not None
-            and not self._queue
-            and prepared.buffered() < self._max_bytes
-        ):
+        if prepared is not None and not self._queue and prepared.buffered() < self._max_bytes:
             if not prepared.send(frame.wire(self.codec, self._encoder)):
                 self._mark_closed(1006)
             self._metrics.frames_sent += 1
@@ -127,9 +129,9 @@ class Connection:
         self._enqueue(frame, 0)
 
     def send_control(self, frame: Frame) -> None:
-        """Queue a control frame (hello, reset); control frames never coalesce away."""
+        """Send a control frame (hello, reset, a replayed frame) in order; never coalesced away."""
         if self.close_code is None:
-            self._enqueue(frame, 0)
+            self.deliver(frame) if self._prepared is not None else self._enqueue(frame, 0)
 
     def _enqueue(self, frame: Frame, coalesced_from: int) -> None:
         self._queue.append((frame, coalesced_from))
@@ -137,6 +139,9 @@ class Connection:
         if len(self._queue) > self._max_frames or self._queued_bytes > self._max_bytes:
             self._overflow()
         self._wake.set()
+        if self._prepared is not None and self._writer is None:
+            with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
+                self._start_writer()
 
     def _overflow(self) -> None:
         if self._policy == "coalesce" and self._coalesce():
@@ -195,10 +200,8 @@ class Connection:
                 if self.close_code is not None:
                     pending = getattr(self, "_pending_close", None)
                     if pending is not None:
-                        try:
+                        with contextlib.suppress(Exception):
                             await self._close(*pending)
-                        except Exception:
-                            pass
                     self.closed.set()
                     return
                 while self._queue and self.close_code is None:

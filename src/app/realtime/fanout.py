@@ -10,6 +10,7 @@ subscriber a `reset` (reason "fanout_interrupted") so no client keeps a silent g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -115,11 +116,9 @@ class RedisFanout:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                try:
+                with contextlib.suppress(Exception):
                     await pubsub.aclose()
                     await client.aclose()
-                except Exception:
-                    pass
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -133,8 +132,6 @@ class RedisFanout:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-            except (asyncio.CancelledError, Exception):
-                pass
         await self._pub.aclose()

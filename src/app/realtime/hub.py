@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from streamcore import Codec, Conflator, FrameEncoder, FrameKind, WindowScheduler
+from streamcore.protocol import decode_frame
 
 from ..events import Event
 from .ws_protocol import ws_header
@@ -52,22 +53,40 @@ class RealtimeMetrics:
 class Frame:
     """One flushed window (or control message), its bytes built lazily once per codec."""
 
-    __slots__ = ("_data", "_wire", "kind", "payloads", "seq", "t")
+    __slots__ = ("_data", "_payloads", "_wire", "kind", "seq", "t")
 
     def __init__(
         self,
         seq: int,
         kind: int,
-        payloads: list[bytes],
+        payloads: list[bytes] | None,
         data: dict[Codec, bytes] | None = None,
         t: float = 0.0,
     ) -> None:
         self.seq = seq
         self.kind = kind
-        self.payloads = payloads
+        self._payloads = payloads
         self._data: dict[Codec, bytes] = data or {}
         self._wire: dict[Codec, bytes] = {}
         self.t = t
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """The events, each as encoded JSON (rebuilt from the frame once they were released)."""
+        if self._payloads is None:
+            events = decode_frame(next(iter(self._data.values()))).events
+            self._payloads = [orjson.dumps(e) for e in events]
+        return self._payloads
+
+    def settle(self) -> None:
+        """Keep only the compressed frames once the broadcast is done (what history holds).
+
+        The payload list and the WebSocket-wrapped copies are 5-50x the compressed size; the slow
+        paths that need them again (replay in another codec, coalescing) rebuild them.
+        """
+        if self._data:
+            self._payloads = None
+        self._wire = {}
 
     def data(self, codec: Codec, encoder: FrameEncoder) -> bytes:
         """The protocol frame for this codec (docs/PROTOCOL.md)."""
@@ -191,8 +210,9 @@ class Hub:
         for ch in channels:
             if ch.properties is not None and prop not in ch.properties:
                 continue
-            ch.conflator.push(event.key if event.conflatable else None, event.payload,
-                              event.conflatable)
+            ch.conflator.push(
+                event.key if event.conflatable else None, event.payload, event.conflatable
+            )
             if now is None:
                 now = self.now_ms()
             if self.scheduler.touch(ch.sched_id, now):
@@ -252,6 +272,7 @@ class Hub:
         for subs in ch.subscribers.values():
             for conn in tuple(subs):
                 conn.deliver(frame)
+        frame.settle()
 
     # -- subscribers ---------------------------------------------------------------------------
 

@@ -58,8 +58,9 @@ class Server:
         return {"org": org, "property": prop, "users": ids, "tokens": tokens, "token": tokens[0]}
 
 
-async def start_server(tmp_path: Path, ws: str = "app.realtime.ws_protocol:StreamWebSocketProtocol",
-                       **overrides: Any) -> Server:
+async def start_server(
+    tmp_path: Path, ws: str = "app.realtime.ws_protocol:StreamWebSocketProtocol", **overrides: Any
+) -> Server:
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path}/rt.db",
         data_dir=str(tmp_path / "var"),

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+
 from conftest import free_port
 
 
@@ -40,8 +41,9 @@ class ServeProcess:
             time.sleep(0.1)
 
     def token(self, email: str = "user@example.com", password: str = "changeme") -> str:
-        r = httpx2.post(f"{self.http}/auth/login", json={"email": email, "password": password},
-                        timeout=10)
+        r = httpx2.post(
+            f"{self.http}/auth/login", json={"email": email, "password": password}, timeout=10
+        )
         assert r.status_code == 200, r.text
         return str(r.json()["accessToken"])
 
@@ -77,8 +79,19 @@ class PrivateRedis:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--daemonize", "no", "--bind", "127.0.0.1"],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--bind",
+                "127.0.0.1",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

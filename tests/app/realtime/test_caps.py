@@ -58,8 +58,9 @@ async def test_the_org_cap_counts_every_user_of_the_org(rt_factory: Any) -> None
 
 
 async def test_thousands_of_opened_and_dropped_connections_leave_no_count(rt_factory: Any) -> None:
-    rt = await rt_factory(realtime_max_connections_per_user=10_000,
-                          realtime_max_connections_per_org=10_000)
+    rt = await rt_factory(
+        realtime_max_connections_per_user=10_000, realtime_max_connections_per_org=10_000
+    )
     t = await rt.tenant()
     caps = rt.app.state.caps
     for round_ in range(4):
@@ -122,8 +123,13 @@ def test_caps_hold_across_two_server_processes(redis_url: str, tmp_path: Path) -
     from procs import ServeProcess, server_env
 
     prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
-    env = server_env(tmp_path, REDIS_URL=redis_url, REALTIME_REDIS_PREFIX=prefix,
-                     REALTIME_MAX_CONNECTIONS_PER_USER=3, REALTIME_LEASE_S=1.5)
+    env = server_env(
+        tmp_path,
+        REDIS_URL=redis_url,
+        REALTIME_REDIS_PREFIX=prefix,
+        REALTIME_MAX_CONNECTIONS_PER_USER=3,
+        REALTIME_LEASE_S=1.5,
+    )
     a = ServeProcess(tmp_path, env, "a")
     b = ServeProcess(tmp_path, env, "b")
     try:

@@ -21,8 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 def test_an_event_published_on_one_instance_reaches_the_other(
     redis_url: str, tmp_path: Path
 ) -> None:
-    env = server_env(tmp_path, REDIS_URL=redis_url,
-                     REALTIME_REDIS_PREFIX=f"test-rt-{uuid.uuid4().hex[:8]}")
+    env = server_env(
+        tmp_path, REDIS_URL=redis_url, REALTIME_REDIS_PREFIX=f"test-rt-{uuid.uuid4().hex[:8]}"
+    )
     a = ServeProcess(tmp_path, env, "a")
     b = ServeProcess(tmp_path, env, "b")
     try:
@@ -55,8 +56,9 @@ def test_a_redis_restart_ends_in_reset_not_a_silent_gap(tmp_path: Path) -> None:
         async def scenario() -> None:
             async with await open_ws(a.ws, token) as ws:
                 await hello(ws)
-                assert (await publish(a.http, token, [{"type": "t", "key": "k", "data": 1}])
-                        ).status_code == 202
+                assert (
+                    await publish(a.http, token, [{"type": "t", "key": "k", "data": 1}])
+                ).status_code == 202
                 assert (await frames_until(ws, 1))[0].seq == 1
                 redis.stop()
                 r = await publish(a.http, token, [{"type": "t", "key": "k", "data": 2}])
@@ -129,9 +131,24 @@ def test_watch_prints_the_events_of_the_seed_guide(tmp_path: Path) -> None:
 
     a = ServeProcess(tmp_path, server_env(tmp_path), "a")
     watch = subprocess.Popen(
-        [sys.executable, "-m", "app", "watch", "--url", a.http, "--email", "user@example.com",
-         "--password", "changeme", "--max-events", "2"],
-        env={**os.environ}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "app",
+            "watch",
+            "--url",
+            a.http,
+            "--email",
+            "user@example.com",
+            "--password",
+            "changeme",
+            "--max-events",
+            "2",
+        ],
+        env={**os.environ},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert watch.stderr is not None
@@ -141,9 +158,15 @@ def test_watch_prints_the_events_of_the_seed_guide(tmp_path: Path) -> None:
         r = httpx2.post(
             f"{a.http}/v1/finance/expenses",
             headers={"Authorization": f"Bearer {token}"},
-            json={"propertyId": 1, "category": "maintenance", "amountCents": 50000,
-                  "currency": "INR", "description": "Test expense",
-                  "expenseDate": "2025-12-13T10:00:00Z", "paymentMode": "cash"},
+            json={
+                "propertyId": 1,
+                "category": "maintenance",
+                "amountCents": 50000,
+                "currency": "INR",
+                "description": "Test expense",
+                "expenseDate": "2025-12-13T10:00:00Z",
+                "paymentMode": "cash",
+            },
             timeout=10,
         )
         assert r.status_code == 201, r.text

@@ -59,8 +59,14 @@ async def test_a_resume_past_the_history_gets_an_explicit_reset(rt_factory: Any,
         assert frame.kind == FrameKind.CONTROL
         (reset,) = frame.events
         reason = "history_expired" if case == "expired" else "epoch_changed"
-        assert reset == {"type": "reset", "channel": f"org:{t['org']}", "epoch": epoch, "seq": 5,
-                         "oldest_seq": 4, "reason": reason}
+        assert reset == {
+            "type": "reset",
+            "channel": f"org:{t['org']}",
+            "epoch": epoch,
+            "seq": 5,
+            "oldest_seq": 4,
+            "reason": reason,
+        }
         assert frame.seq == 5
 
 
@@ -83,14 +89,23 @@ async def _stalled_client(srv: Any, token: str) -> Any:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", srv.port))
     sock.setblocking(False)
-    return await connect(f"{srv.ws}?codec=none", sock=sock, compression=None, max_queue=1,
-                         additional_headers={"Authorization": f"Bearer {token}"},
-                         max_size=64 * 1024 * 1024)
+    return await connect(
+        f"{srv.ws}?codec=none",
+        sock=sock,
+        compression=None,
+        max_queue=1,
+        additional_headers={"Authorization": f"Bearer {token}"},
+        max_size=64 * 1024 * 1024,
+    )
 
 
 # The kernel absorbs a few MB per socket before the server's own queue fills: frames are big.
-LAGGY = {"realtime_queue_max_bytes": 1024 * 1024, "realtime_queue_max_frames": 8,
-         "realtime_event_max_bytes": 1024 * 1024, **FAST}
+LAGGY = {
+    "realtime_queue_max_bytes": 1024 * 1024,
+    "realtime_queue_max_frames": 8,
+    "realtime_event_max_bytes": 1024 * 1024,
+    **FAST,
+}
 
 
 async def test_disconnect_policy_closes_a_client_that_stops_reading(rt_factory: Any) -> None:
@@ -101,8 +116,11 @@ async def test_disconnect_policy_closes_a_client_that_stops_reading(rt_factory: 
         await hello(healthy)
         blob = "x" * 300_000
         for i in range(80):
-            await publish(srv.http, t["token"], [{"type": "big", "conflatable": False,
-                                                  "data": {"i": i, "blob": blob}}])
+            await publish(
+                srv.http,
+                t["token"],
+                [{"type": "big", "conflatable": False, "data": {"i": i, "blob": blob}}],
+            )
             await asyncio.sleep(0.025)
             if srv.hub.metrics.slow_disconnects:
                 break
@@ -123,11 +141,15 @@ async def test_coalesce_policy_merges_what_waits_and_keeps_every_fact(rt_factory
     stalled = await _stalled_client(srv, t["token"])
     blob = "y" * 200_000
     for i in range(100):
-        await publish(srv.http, t["token"], [
-            {"type": "price", "key": "sku", "data": {"v": i}},
-            {"type": "trade", "conflatable": False, "data": {"i": i}},
-            {"type": "pad", "key": "pad", "data": blob},
-        ])
+        await publish(
+            srv.http,
+            t["token"],
+            [
+                {"type": "price", "key": "sku", "data": {"v": i}},
+                {"type": "trade", "conflatable": False, "data": {"i": i}},
+                {"type": "pad", "key": "pad", "data": blob},
+            ],
+        )
         await asyncio.sleep(0.025)
     assert srv.hub.metrics.coalesced >= 1
     assert srv.hub.metrics.slow_disconnects == 0
@@ -151,8 +173,13 @@ async def test_coalesce_policy_merges_what_waits_and_keeps_every_fact(rt_factory
                 last_price = e["data"]["v"]
     assert trades == list(range(100))
     assert last_price == 99
-    notes = [e for f in client_frames if f.kind == FrameKind.CONTROL for e in f.events
-             if e["type"] == "coalesced"]
+    notes = [
+        e
+        for f in client_frames
+        if f.kind == FrameKind.CONTROL
+        for e in f.events
+        if e["type"] == "coalesced"
+    ]
     assert notes and all(n["first_seq"] < n["seq"] for n in notes)
     await stalled.close()
 

@@ -26,8 +26,9 @@ async def test_events_inside_one_window_arrive_as_one_frame(srv: Any) -> None:
         greeting = await hello(ws)
         assert greeting["channel"] == f"org:{t['org']}" and greeting["seq"] == 0
         for i in range(5):  # five requests inside one 300 ms window (a few ms each)
-            r = await publish(srv.http, t["token"], [{"type": "note", "conflatable": False,
-                                                      "data": {"i": i}}])
+            r = await publish(
+                srv.http, t["token"], [{"type": "note", "conflatable": False, "data": {"i": i}}]
+            )
             assert r.status_code == 202, r.text
         frames = await frames_until(ws, 5)
         assert len(frames) == 1, [len(f.events) for f in frames]
@@ -44,8 +45,9 @@ async def test_a_hundred_updates_to_one_key_arrive_as_one_event(srv: Any) -> Non
         r = await publish(srv.http, t["token"], events)
         assert r.status_code == 202 and r.json() == {"accepted": 100}
         (frame,) = await frames_until(ws, 1)
-        assert frame.events == [{"type": "price", "orgId": t["org"], "key": "sku:1",
-                                 "data": {"v": 99}}]
+        assert frame.events == [
+            {"type": "price", "orgId": t["org"], "key": "sku:1", "data": {"v": 99}}
+        ]
         await assert_silent(ws, 0.3)
 
 
@@ -55,8 +57,10 @@ async def test_non_conflatable_events_all_arrive_in_order(srv: Any) -> None:
         await hello(ws)
         sent = 0
         for batch in range(6):
-            events = [{"type": "tick", "key": "same", "conflatable": False,
-                       "data": {"n": batch * 50 + i}} for i in range(50)]
+            events = [
+                {"type": "tick", "key": "same", "conflatable": False, "data": {"n": batch * 50 + i}}
+                for i in range(50)
+            ]
             assert (await publish(srv.http, t["token"], events)).status_code == 202
             sent += 50
         frames = await frames_until(ws, sent)
@@ -67,17 +71,20 @@ async def test_non_conflatable_events_all_arrive_in_order(srv: Any) -> None:
 
 async def test_small_frames_go_raw_and_large_ones_compressed(srv: Any) -> None:
     t = await srv.tenant()
-    async with await open_ws(srv.ws, t["token"]) as zs, \
-            await open_ws(srv.ws, t["token"], codec="gzip") as gz, \
-            await open_ws(srv.ws, t["token"], codec="none") as raw:
+    async with (
+        await open_ws(srv.ws, t["token"]) as zs,
+        await open_ws(srv.ws, t["token"], codec="gzip") as gz,
+        await open_ws(srv.ws, t["token"], codec="none") as raw,
+    ):
         for ws in (zs, gz, raw):
             await hello(ws)
         await publish(srv.http, t["token"], [{"type": "s", "key": "a", "data": 1}])
         for ws in (zs, gz, raw):
             (frame,) = await frames_until(ws, 1)
             assert frame.codec == Codec.NONE
-        big = [{"type": "b", "key": f"k{i}", "data": {"text": "lorem ipsum " * 20}}
-               for i in range(20)]
+        big = [
+            {"type": "b", "key": f"k{i}", "data": {"text": "lorem ipsum " * 20}} for i in range(20)
+        ]
         await publish(srv.http, t["token"], big)
         expected = {id(zs): Codec.ZSTD, id(gz): Codec.GZIP, id(raw): Codec.NONE}
         for ws in (zs, gz, raw):
@@ -95,9 +102,15 @@ async def test_finance_writes_reach_the_stream(srv: Any) -> None:
                 r = await client.post(
                     "/v1/finance/expenses",
                     headers={"Authorization": f"Bearer {t['token']}"},
-                    json={"propertyId": t["property"], "category": "maintenance",
-                          "amountCents": amount, "currency": "INR", "description": "x",
-                          "expenseDate": "2025-12-13T10:00:00Z", "paymentMode": "cash"},
+                    json={
+                        "propertyId": t["property"],
+                        "category": "maintenance",
+                        "amountCents": amount,
+                        "currency": "INR",
+                        "description": "x",
+                        "expenseDate": "2025-12-13T10:00:00Z",
+                        "paymentMode": "cash",
+                    },
                 )
                 assert r.status_code == 201, r.text
         frames = await frames_until(ws, 3)
@@ -115,15 +128,21 @@ async def test_a_narrowed_subscription_gets_only_its_properties(srv: Any) -> Non
         from app import accounts
 
         other = await accounts.create_property(conn, t["org"], "Other")
-    async with await open_ws(srv.ws, t["token"], properties=other) as narrow, \
-            await open_ws(srv.ws, t["token"]) as wide:
+    async with (
+        await open_ws(srv.ws, t["token"], properties=other) as narrow,
+        await open_ws(srv.ws, t["token"]) as wide,
+    ):
         assert (await hello(narrow))["channel"] == f"org:{t['org']}/properties:{other}"
         await hello(wide)
-        await publish(srv.http, t["token"], [
-            {"type": "a", "key": "x", "propertyId": t["property"], "data": 1},
-            {"type": "b", "key": "y", "propertyId": other, "data": 2},
-            {"type": "c", "key": "z", "data": 3},
-        ])
+        await publish(
+            srv.http,
+            t["token"],
+            [
+                {"type": "a", "key": "x", "propertyId": t["property"], "data": 1},
+                {"type": "b", "key": "y", "propertyId": other, "data": 2},
+                {"type": "c", "key": "z", "data": 3},
+            ],
+        )
         (frame,) = await frames_until(narrow, 1)
         assert [e["type"] for e in frame.events] == ["b"]
         assert [e["type"] for f in await frames_until(wide, 3) for e in f.events] == ["a", "b", "c"]
@@ -137,8 +156,9 @@ async def test_browser_auth_by_query_or_subprotocol(srv: Any, where: str) -> Non
     if where == "query":
         ws = await connect(f"{srv.ws}?access_token={t['token']}", compression=None)
     else:
-        ws = await connect(srv.ws, subprotocols=["streamcore.v1", f"bearer.{t['token']}"],
-                           compression=None)
+        ws = await connect(
+            srv.ws, subprotocols=["streamcore.v1", f"bearer.{t['token']}"], compression=None
+        )
         assert ws.subprotocol == "streamcore.v1"
     async with ws:
         assert (await hello(ws))["channel"] == f"org:{t['org']}"
@@ -182,8 +202,9 @@ async def test_publish_errors_have_the_api_shape(srv: Any) -> None:
     r = await publish(srv.http, t["token"], [{"type": "a", "key": "k", "data": big}])
     assert (r.status_code, r.json()["error"]["code"]) == (413, "payload_too_large")
     assert r.json()["error"]["details"]["index"] == 0
-    r = await publish(srv.http, t["token"], [{"type": "a", "key": "k", "propertyId": 999999,
-                                              "data": 1}])
+    r = await publish(
+        srv.http, t["token"], [{"type": "a", "key": "k", "propertyId": 999999, "data": 1}]
+    )
     assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found")
 
 

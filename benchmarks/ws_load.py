@@ -1,0 +1,606 @@
+"""Load the realtime stream on loopback: streamcore against two Python servers and the socket floor.
+
+One server process at a time, WebSocket clients in other processes, a fixed event rate, all
+bounded in count and time; every process is stopped by its pid. Servers (same run, same load):
+
+- streamcore: the app (`create_app`) under uvicorn with our prepared-frame protocol, events
+  entering through the EventBus as finance writes do;
+- naive: one JSON text frame per event per client (`await send_text`);
+- encode-once: a pure-Python server, 50 ms windows, latest-wins, one orjson + zstd per batch,
+  `await send_bytes` to each client;
+- floor: the same number of bytes per frame written with `socket.send` to the same number of
+  plain TCP sockets (what the kernel costs; no WebSocket, no encoding).
+
+Each server generates its own events (the same generator: `--rate` events/s over `--orgs` orgs,
+`--keys` keys per org, each payload carrying its creation time), so all pay the same ingest.
+Reported per server: delivered events/s, frames/s, bytes/s, delivery latency p50/p95/p99
+(creation -> received, sampled clients), server CPU-µs per frame sent, RSS, and RSS per idle
+connection; plus CPU per frame as a ratio to the floor.
+
+    .venv/bin/python -m benchmarks.ws_load [--clients 1000] [--rate 10000] [--seconds 8]
+        [--servers streamcore,encode_once,naive,floor] [--json out.json]
+
+The clients share the two cores with the server: check `delivered` against `expected` (a client
+that fell behind shows up there and in the latency, not as a server win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SECRET = "bench-secret-" + "x" * 32
+SAMPLE_EVERY = 50  # one client in 50 decodes its frames for latency; the rest only count
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# -- the event generator (inside each server) ----------------------------------------------------
+
+
+async def generate(rate: int, orgs: int, keys: int, emit: Any) -> None:
+    """Call emit(org, key, payload) `rate` times a second, in 10 ms ticks, until cancelled."""
+    import orjson
+
+    tick = 0.01
+    per_tick = max(1, rate // 100)
+    n = 0
+    loop = asyncio.get_running_loop()
+    next_at = loop.time()
+    while True:
+        now = time.time()
+        for _ in range(per_tick):
+            org = n % orgs + 1
+            key = f"k{(n // orgs) % keys}"
+            emit(org, key, orgjson(orjson, org, key, n, now))
+            n += 1
+        next_at += tick
+        await asyncio.sleep(max(0.0, next_at - loop.time()))
+
+
+def orgjson(orjson: Any, org: int, key: str, n: int, now: float) -> bytes:
+    return orjson.dumps({"type": "quote", "orgId": org, "key": key, "data": {"n": n, "ts": now}})
+
+
+# -- servers -------------------------------------------------------------------------------------
+
+
+def serve_streamcore(port: int, args: argparse.Namespace) -> None:
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from app.events import Event
+    from app.main import create_app
+    from app.settings import Settings
+
+    tmp = tempfile.mkdtemp(prefix="ws_load_")
+    settings = Settings(
+        database_url=f"sqlite+aiosqlite:///{tmp}/db.sqlite",
+        data_dir=tmp,
+        jwt_secret=SECRET,
+        realtime_max_connections_per_user=1_000_000,
+        realtime_max_connections_per_org=1_000_000,
+        log_level="warning",
+        window_min_ms=args.window_ms or 30.0,
+        window_max_ms=args.window_ms or 150.0,
+    )
+    app = create_app(settings)
+
+    def emit(org: int, key: str, payload: bytes) -> None:
+        app.state.events.publish(Event(org, key, True, payload))
+
+    run_uvicorn(app, port, args, emit, ws="app.realtime.ws_protocol:StreamWebSocketProtocol")
+
+
+def serve_python(port: int, args: argparse.Namespace, naive: bool) -> None:
+    import zstandard
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    subscribers: dict[int, set[WebSocket]] = {}
+    pending: dict[int, dict[str, bytes]] = {}
+    compressor = zstandard.ZstdCompressor(level=1)
+
+    async def stream(ws: WebSocket) -> None:
+        org = int(ws.query_params.get("org", "1"))
+        await ws.accept()
+        subscribers.setdefault(org, set()).add(ws)
+        try:
+            while (await ws.receive())["type"] != "websocket.disconnect":
+                pass
+        finally:
+            subscribers[org].discard(ws)
+
+    async def send_all(org: int, data: bytes | str) -> None:
+        for ws in tuple(subscribers.get(org, ())):
+            try:
+                if isinstance(data, str):
+                    await ws.send_text(data)
+                else:
+                    await ws.send_bytes(data)
+            except Exception:
+                subscribers[org].discard(ws)
+
+    def emit(org: int, key: str, payload: bytes) -> None:
+        if naive:
+            asyncio.get_running_loop().create_task(send_all(org, payload.decode()))
+        else:
+            pending.setdefault(org, {})[key] = payload
+
+    async def flusher() -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            batch, pending_now = dict(pending), None
+            pending.clear()
+            del pending_now
+            for org, by_key in batch.items():
+                body = b"[" + b",".join(by_key.values()) + b"]"
+                await send_all(org, compressor.compress(body))
+
+    app = Starlette(routes=[WebSocketRoute("/v2/realtime/stream", stream)])
+    run_uvicorn(
+        app, port, args, emit, ws="websockets-sansio", background=None if naive else flusher
+    )
+
+
+def run_uvicorn(
+    app: Any, port: int, args: argparse.Namespace, emit: Any, ws: str, background: Any = None
+) -> None:
+    import uvicorn
+
+    async def main() -> None:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            ws=ws,
+            ws_per_message_deflate=False,
+            log_level="warning",
+            access_log=False,
+            backlog=4096,
+        )
+        server = uvicorn.Server(config)
+        loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[None]] = []
+
+        def go() -> None:
+            tasks.append(loop.create_task(generate(args.rate, args.orgs, args.keys, emit)))
+            if background is not None:
+                tasks.append(loop.create_task(background()))
+
+        loop.add_signal_handler(signal.SIGUSR1, go)
+        await server.serve()
+        for t in tasks:
+            t.cancel()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+def serve_floor(port: int, args: argparse.Namespace) -> None:
+    """Accept plain TCP sockets; every 50 ms per org write a frame of --frame-bytes to each."""
+
+    async def main() -> None:
+        socks: dict[int, list[socket.socket]] = {}
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(4096)
+        listener.setblocking(False)
+        loop = asyncio.get_running_loop()
+        frame = b"\x82\x7e" + struct.pack(">H", args.frame_bytes) + b"x" * args.frame_bytes
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+        async def accept() -> None:
+            while True:
+                conn, _ = await loop.sock_accept(listener)
+                conn.setblocking(False)
+                org = int((await loop.sock_recv(conn, 16)).split(b"\n")[0] or b"1")
+                socks.setdefault(org, []).append(conn)
+
+        async def flush() -> None:
+            while True:
+                await asyncio.sleep(0.05)
+                for org_socks in socks.values():
+                    for s in org_socks:
+                        with contextlib.suppress(BlockingIOError, OSError):
+                            s.send(frame)
+
+        tasks = [loop.create_task(accept())]
+        loop.add_signal_handler(signal.SIGUSR1, lambda: tasks.append(loop.create_task(flush())))
+        await stop.wait()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+# -- clients -------------------------------------------------------------------------------------
+
+
+class Counter(asyncio.Protocol):
+    """Counts WebSocket frames; a sampled one decodes them for delivery latency."""
+
+    def __init__(self, stats: dict[str, Any], sample: bool, raw: bool, handshake: bytes) -> None:
+        self.stats, self.sample, self.raw = stats, sample, raw
+        self.buf = bytearray()
+        self.open = raw
+        self.handshake = handshake
+        self.connected = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.handshake)
+        if self.raw:
+            self.connected.set_result(True)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if not self.open:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            ok = self.buf.startswith(b"HTTP/1.1 101")
+            del self.buf[: end + 4]
+            self.open = True
+            if not self.connected.done():
+                self.connected.set_result(ok)
+        buf = self.buf
+        pos = 0
+        while len(buf) - pos >= 2:
+            n = buf[pos + 1] & 0x7F
+            head = 2
+            if n == 126:
+                if len(buf) - pos < 4:
+                    break
+                n = struct.unpack_from(">H", buf, pos + 2)[0]
+                head = 4
+            elif n == 127:
+                if len(buf) - pos < 10:
+                    break
+                n = struct.unpack_from(">Q", buf, pos + 2)[0]
+                head = 10
+            if len(buf) - pos < head + n:
+                break
+            if buf[pos] & 0x0F in (1, 2):
+                self.stats["frames"] += 1
+                self.stats["bytes"] += n
+                if self.sample:
+                    self.decode(bytes(buf[pos + head : pos + head + n]))
+            pos += head + n
+        del buf[:pos]
+
+    def decode(self, payload: bytes) -> None:
+        import orjson
+
+        now = time.time()
+        if payload[:2] == b"SC":
+            from streamcore.protocol import decode_frame
+
+            frame = decode_frame(payload)
+            if frame.kind != 0:
+                return
+            items = frame.events
+        elif payload[:1] in (b"{", b"["):
+            items = orjson.loads(payload)
+            items = items if isinstance(items, list) else [items]
+        else:
+            import zstandard
+
+            items = orjson.loads(zstandard.ZstdDecompressor().decompress(payload))
+        for item in items:
+            self.stats["lat"].append(now - item["data"]["ts"])
+            self.stats["events"] += 1
+
+
+def run_clients(args: argparse.Namespace) -> None:
+    import uvloop
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stats: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": [], "failed": 0}
+        tokens = {org: token_for(org) for org in range(1, args.orgs + 1)}
+        protos = []
+        for i in range(args.count):
+            org = (args.first + i) % args.orgs + 1
+            sample = (args.first + i) % SAMPLE_EVERY == 0
+            if args.server == "floor":
+                hs = f"{org}\n".encode()
+            else:
+                path = f"/v2/realtime/stream?codec=zstd&org={org}&access_token={tokens[org]}"
+                hs = (
+                    f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                    "Sec-WebSocket-Version: 13\r\n\r\n"
+                ).encode()
+            proto = Counter(stats, sample, args.server == "floor", hs)
+            try:
+                await loop.create_connection(lambda p=proto: p, "127.0.0.1", args.port)
+                if not await asyncio.wait_for(proto.connected, 10):
+                    stats["failed"] += 1
+            except (OSError, TimeoutError):
+                stats["failed"] += 1
+            protos.append(proto)
+        print(json.dumps({"ready": True, "failed": stats["failed"]}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)  # "measure": reset the counters
+        for k in ("frames", "bytes", "events"):
+            stats[k] = 0
+        stats["lat"] = []
+        await loop.run_in_executor(None, sys.stdin.readline)  # "report"
+        print(json.dumps(stats), flush=True)
+
+    uvloop.run(main())
+
+
+def token_for(org: int) -> str:
+    import jwt
+
+    now = int(time.time())
+    claims = {
+        "iss": "streamcore",
+        "sub": str(org),
+        "org": org,
+        "email": f"u{org}@bench",
+        "iat": now,
+        "exp": now + 3600,
+    }
+    return jwt.encode(claims, SECRET, algorithm="HS256")
+
+
+# -- the orchestrator ----------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    server: str
+    clients: int
+    connected: int
+    seconds: float
+    expected_frames_s: float
+    frames_s: float
+    events_s: float
+    mbytes_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    cpu_us_per_frame: float
+    cpu_util: float
+    rss_mb: float
+    idle_kb_per_conn: float
+    x_floor: float = 0.0
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q / 100 * len(values)))] * 1000
+
+
+def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.ws_load",
+        "--role",
+        "server",
+        "--server",
+        name,
+        "--port",
+        str(port),
+        "--rate",
+        str(args.rate),
+        "--orgs",
+        str(args.orgs),
+        "--keys",
+        str(args.keys),
+        "--frame-bytes",
+        str(frame_bytes),
+        "--window-ms",
+        str(args.window_ms),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, f"{name} server exited"
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"{name} server did not start"
+                time.sleep(0.1)
+        rss_before = rss_kb(server.pid)
+        per = -(-args.clients // args.client_procs)
+        for i in range(args.client_procs):
+            count = min(per, args.clients - i * per)
+            clients.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "benchmarks.ws_load",
+                        "--role",
+                        "clients",
+                        "--server",
+                        name,
+                        "--port",
+                        str(port),
+                        "--orgs",
+                        str(args.orgs),
+                        "--first",
+                        str(i * per),
+                        "--count",
+                        str(count),
+                    ],
+                    cwd=ROOT,
+                    env=env,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        failed = 0
+        for c in clients:
+            assert c.stdout is not None
+            failed += json.loads(c.stdout.readline())["failed"]
+        time.sleep(1.0)
+        idle_kb = (rss_kb(server.pid) - rss_before) / max(1, args.clients - failed)
+        os.kill(server.pid, signal.SIGUSR1)  # start generating
+        time.sleep(args.warmup)
+        for c in clients:
+            c.stdin.write("measure\n")  # type: ignore[union-attr]
+            c.stdin.flush()  # type: ignore[union-attr]
+        cpu0, t0 = cpu_s(server.pid), time.monotonic()
+        time.sleep(args.seconds)
+        cpu1, t1 = cpu_s(server.pid), time.monotonic()
+        rss = rss_kb(server.pid)
+        totals: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": []}
+        for c in clients:
+            c.stdin.write("report\n")  # type: ignore[union-attr]
+            c.stdin.flush()  # type: ignore[union-attr]
+            got = json.loads(c.stdout.readline())  # type: ignore[union-attr]
+            for k in ("frames", "bytes", "events"):
+                totals[k] += got[k]
+            totals["lat"] += got["lat"]
+        dt = t1 - t0
+        connected = args.clients - failed
+        per_conn_frames_s = {"naive": args.rate / args.orgs}.get(name, 20.0)
+        return Result(
+            server=name,
+            clients=args.clients,
+            connected=connected,
+            seconds=round(dt, 2),
+            expected_frames_s=round(connected * per_conn_frames_s),
+            frames_s=round(totals["frames"] / dt),
+            events_s=round(totals["events"] * SAMPLE_EVERY / dt) if name != "floor" else 0,
+            mbytes_s=round(totals["bytes"] / dt / 1e6, 2),
+            p50_ms=round(pct(totals["lat"], 50), 1),
+            p95_ms=round(pct(totals["lat"], 95), 1),
+            p99_ms=round(pct(totals["lat"], 99), 1),
+            cpu_us_per_frame=round((cpu1 - cpu0) / max(1, totals["frames"]) * 1e6, 2),
+            cpu_util=round((cpu1 - cpu0) / dt, 2),
+            rss_mb=round(rss / 1024, 1),
+            idle_kb_per_conn=round(idle_kb, 1),
+        )
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                os.kill(c.pid, signal.SIGKILL)
+            c.wait()
+        if server.poll() is None:
+            os.kill(server.pid, signal.SIGTERM)
+            try:
+                server.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(server.pid, signal.SIGKILL)
+                server.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--role", default="main", choices=["main", "server", "clients"])
+    p.add_argument("--server", default="streamcore")
+    p.add_argument("--servers", default="streamcore,encode_once,naive,floor")
+    p.add_argument("--clients", type=int, default=1000)
+    p.add_argument("--client-procs", type=int, default=2)
+    p.add_argument("--rate", type=int, default=10_000)
+    p.add_argument("--orgs", type=int, default=10)
+    p.add_argument("--keys", type=int, default=200)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--count", type=int, default=0)
+    p.add_argument("--frame-bytes", type=int, default=0)
+    p.add_argument(
+        "--window-ms",
+        type=float,
+        default=50.0,
+        help="streamcore's window (min = max), 50 like encode-once; 0 = adaptive",
+    )
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    if args.role == "server":
+        if args.server == "streamcore":
+            serve_streamcore(args.port, args)
+        elif args.server == "floor":
+            serve_floor(args.port, args)
+        else:
+            serve_python(args.port, args, naive=args.server == "naive")
+        return 0
+    if args.role == "clients":
+        run_clients(args)
+        return 0
+    results: list[Result] = []
+    frame_bytes = 0
+    for name in args.servers.split(","):
+        if name == "floor":
+            # The floor writes frames of streamcore's mean size (or a typical one if not run).
+            sc = next((r for r in results if r.server == "streamcore"), None)
+            frame_bytes = int(sc.mbytes_s * 1e6 / sc.frames_s) if sc and sc.frames_s else 2000
+        results.append(run_server(name, args, frame_bytes))
+        print(json.dumps(asdict(results[-1])), flush=True)
+    floor = next((r for r in results if r.server == "floor"), None)
+    for r in results:
+        if floor and floor.cpu_us_per_frame:
+            r.x_floor = round(r.cpu_us_per_frame / floor.cpu_us_per_frame, 2)
+    head = (
+        f"{'server':<12}{'clients':>8}{'frames/s':>10}{'expected':>10}{'events/s':>10}"
+        f"{'MB/s':>7}{'p50':>7}{'p95':>7}{'p99 ms':>8}{'CPU µs/fr':>10}{'x floor':>8}"
+        f"{'CPU':>6}{'RSS MB':>8}{'KB/idle':>8}"
+    )
+    print(
+        f"\nws_load: {args.clients} clients, {args.orgs} orgs, {args.rate} events/s, "
+        f"{args.seconds:g} s measured"
+    )
+    print(head)
+    for r in results:
+        print(
+            f"{r.server:<12}{r.connected:>8}{r.frames_s:>10}{r.expected_frames_s:>10}"
+            f"{r.events_s:>10}{r.mbytes_s:>7}{r.p50_ms:>7}{r.p95_ms:>7}{r.p99_ms:>8}"
+            f"{r.cpu_us_per_frame:>10}{r.x_floor:>8}{r.cpu_util:>6}{r.rss_mb:>8}"
+            f"{r.idle_kb_per_conn:>8}"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
