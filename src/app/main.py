@@ -12,12 +12,13 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import auth, finance, health, idempotency, realtime, storage
+from . import auth, finance, health, idempotency, metrics, realtime, storage
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
 from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
+from .middleware.metrics import MetricsMiddleware
 from .middleware.request_context import RequestContextMiddleware
 from .openapi import Operation, build_document, routes
 from .responses import OrjsonResponse
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *auth.operations,
         *finance.operations,
         *realtime.operations,
+        *metrics.operations(settings),
         Operation(
             "GET",
             "/openapi.json",
@@ -95,9 +97,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 app.state.readiness_checks["redis"] = redis_ready
             # Last in, so first out: streams close before the stores they read.
             await realtime.start(app, settings, stack)
+            # After the hub, so it stops publishing (and withdraws) before the hub closes.
+            await metrics.start(app, settings, stack)
             yield
 
+    # Handed to the middleware and read by the metrics endpoints (app.state.metrics).
+    registry = metrics.Registry(op.route() for op in operations)
     middleware = [
+        # Outermost of all: it times and counts every answer, the other middleware's included.
+        Middleware(MetricsMiddleware, registry=registry),
         # Outermost first: every response, refusals included, carries the request id and CORS.
         Middleware(RequestContextMiddleware),
         Middleware(
@@ -124,6 +132,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = registry
     # Created here, not in the lifespan, so sinks (tests, the realtime channel) can subscribe first.
     app.state.events = EventBus()
     app.state.login_throttle = auth.LoginThrottle(

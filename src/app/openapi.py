@@ -61,6 +61,8 @@ class Operation:
     auth: bool = True
     # Honours Idempotency-Key (app.middleware.idempotency); documents its header and answers.
     idempotent: bool = False
+    # Answers that are not JSON: status -> (media type, description); the body is a string.
+    text_responses: Mapping[int, tuple[str, str]] = field(default_factory=dict)
 
     def route(self) -> Route:
         return Route(self.path, self.endpoint, methods=[self.method])
@@ -152,6 +154,11 @@ def build_document(operations: Iterable[Operation], settings: Settings) -> dict[
                 "content": {
                     "application/json": {"schema": {"$ref": ref[(model, "serialization")]}}
                 },
+            }
+        for status, (media_type, description) in op.text_responses.items():
+            responses[str(status)] = {
+                "description": description,
+                "content": {media_type: {"schema": {"type": "string"}}},
             }
         for status in op.errors:
             entry: dict[str, Any] = {

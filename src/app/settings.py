@@ -171,6 +171,11 @@ class Settings:
     idempotency_redis_prefix: str = "streamcore:idem:"
     # Per Redis command; past it the request falls back to the database store.
     idempotency_redis_timeout_ms: int = 100
+    # Metrics (docs/METRICS.md): optional bearer token for both endpoints; each worker publishes
+    # its snapshot to Redis every interval under this prefix (expiring after three intervals).
+    metrics_token: str | None = field(default=None, repr=False)  # never printed
+    metrics_publish_interval_s: float = 5.0
+    metrics_redis_prefix: str = "streamcore:metrics"
 
     def __post_init__(self) -> None:
         if self.window_min_ms > self.window_max_ms:
@@ -275,4 +280,9 @@ class Settings:
             idempotency_redis_timeout_ms=_read(
                 env, "IDEMPOTENCY_REDIS_TIMEOUT_MS", d.idempotency_redis_timeout_ms, _positive_int
             ),
+            metrics_token=_read(env, "METRICS_TOKEN", d.metrics_token, _optional_url),
+            metrics_publish_interval_s=_read(
+                env, "METRICS_PUBLISH_INTERVAL_S", d.metrics_publish_interval_s, _positive_float
+            ),
+            metrics_redis_prefix=_read(env, "METRICS_REDIS_PREFIX", d.metrics_redis_prefix, str),
         )

@@ -1,0 +1,207 @@
+"""Prometheus text exposition (format 0.0.4 and OpenMetrics 1.0): a pure function of a Snapshot.
+
+One prefix, base units in the names, cumulative histogram buckets read from streamcore's
+histograms at LATENCY_EDGES (which hold the SLO thresholds), bounded labels: route template,
+method, status class, refusal reason, and the org ids of the top TOP_ORGS orgs by connections.
+Raw series only: percentiles and SLO verdicts are the JSON endpoint's and the recording rules'.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from streamcore import Histogram
+
+from .registry import STATUS_CLASSES, Snapshot
+from .slo import LATENCY_EDGES
+
+PREFIX = "streamcore"
+TOP_ORGS = 10
+TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+# (counter name without _total, snapshot counter key, help)
+REALTIME_COUNTERS = (
+    ("realtime_events_in", "realtime_events_in", "Events accepted by the hub."),
+    ("realtime_events_out", "realtime_events_out", "Events put into frames after conflation."),
+    ("realtime_frames_flushed", "realtime_frames_flushed", "Event frames built by the flusher."),
+    ("realtime_frames_sent", "realtime_frames_sent", "Frames written to sockets."),
+    ("realtime_frames_encoded", "realtime_frames_encoded", "Frames encoded (one per codec)."),
+    ("realtime_frames_compressed", "realtime_frames_compressed", "Encoded frames compressed."),
+    ("realtime_frame_raw_bytes", "realtime_frame_raw_bytes", "Frame bytes before compression."),
+    ("realtime_frame_wire_bytes", "realtime_frame_wire_bytes", "Frame bytes after compression."),
+    (
+        "realtime_slow_consumer_disconnects",
+        "realtime_slow_disconnects",
+        "Connections closed for not reading.",
+    ),
+    (
+        "realtime_slow_consumer_coalesced",
+        "realtime_coalesced",
+        "Queues coalesced for slow readers.",
+    ),
+    ("realtime_resumes", "realtime_resumes", "Streams resumed from history."),
+    ("realtime_resets", "realtime_resets", "Streams told to reset."),
+    ("realtime_fanout_interruptions", "realtime_fanout_interruptions", "Fan-out interruptions."),
+)
+REFUSALS = ("user_cap", "org_cap", "auth", "bad_request")
+IDEMPOTENCY_COUNTERS = (
+    ("idempotency_claims", "idempotency_claims", "Idempotency keys claimed by a request."),
+    ("idempotency_stored", "idempotency_stored", "Responses stored under a key."),
+    ("idempotency_replays", "idempotency_replays", "Stored responses replayed."),
+    ("idempotency_conflicts", "idempotency_mismatches", "Keys reused with another request."),
+    ("idempotency_in_progress", "idempotency_in_progress", "Answers that a key is in flight."),
+    ("idempotency_store_errors", "idempotency_redis_errors", "Redis store errors."),
+    ("idempotency_store_fallbacks", "idempotency_redis_fallbacks", "Falls back to the database."),
+)
+CACHE_LEVELS = ("l1", "l2", "l3")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs) + "}"
+
+
+def _num(value: float) -> str:
+    if isinstance(value, int):
+        return str(value)
+    if value != value:
+        return "NaN"
+    if value in (float("inf"), float("-inf")):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+class _Writer:
+    def __init__(self, openmetrics: bool) -> None:
+        self.om = openmetrics
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str) -> str:
+        full = f"{PREFIX}_{name}"
+        meta = full if (self.om or kind != "counter") else f"{full}_total"
+        self.lines.append(f"# HELP {meta} {help_}")
+        self.lines.append(f"# TYPE {meta} {kind}")
+        return full
+
+    def sample(self, name: str, labels: Sequence[tuple[str, str]], value: float) -> None:
+        self.lines.append(f"{name}{_labels(labels)} {_num(value)}")
+
+    def counter(
+        self, name: str, help_: str, samples: Iterable[tuple[Sequence[tuple[str, str]], int]]
+    ) -> None:
+        full = self.family(name, "counter", help_)
+        for labels, value in samples:
+            self.sample(f"{full}_total", labels, value)
+
+    def gauge(
+        self, name: str, help_: str, samples: Iterable[tuple[Sequence[tuple[str, str]], float]]
+    ) -> None:
+        full = self.family(name, "gauge", help_)
+        for labels, value in samples:
+            self.sample(full, labels, value)
+
+    def histogram(
+        self,
+        name: str,
+        help_: str,
+        samples: Iterable[tuple[Sequence[tuple[str, str]], Histogram]],
+        edges: Sequence[float] = LATENCY_EDGES,
+    ) -> None:
+        full = self.family(name, "histogram", help_)
+        for labels, hist in samples:
+            cumulative = hist.cumulative_counts(edges)
+            for edge, count in zip(edges, cumulative, strict=True):
+                self.sample(f"{full}_bucket", [*labels, ("le", repr(float(edge)))], count)
+            self.sample(f"{full}_bucket", [*labels, ("le", "+Inf")], hist.count)
+            self.sample(f"{full}_count", labels, hist.count)
+            self.sample(f"{full}_sum", labels, hist.sum)
+
+    def render(self) -> bytes:
+        if self.om:
+            self.lines.append("# EOF")
+        return ("\n".join(self.lines) + "\n").encode()
+
+
+def render(snap: Snapshot, *, openmetrics: bool = False, org_cap: int | None = None) -> bytes:
+    """The exposition of one snapshot, in the text format or OpenMetrics."""
+    w = _Writer(openmetrics)
+    api = sorted(snap.api.items())
+    w.counter(
+        "http_requests",
+        "HTTP requests answered, by route template, method and status class.",
+        (
+            ([("route", r), ("method", m), ("status_class", c)], s.statuses[i + 1])
+            for (r, m), s in api
+            for i, c in enumerate(STATUS_CLASSES)
+            if s.statuses[i + 1]
+        ),
+    )
+    w.histogram(
+        "http_request_duration_seconds",
+        "Time from the request's arrival to the end of its response.",
+        (([("route", r), ("method", m)], s.hist) for (r, m), s in api),
+    )
+    delivery = snap.histograms.get("realtime_delivery")
+    if delivery is not None:
+        w.histogram(
+            "realtime_delivery_seconds",
+            "Realtime latency from an event's arrival at the hub to its frame's flush to sockets.",
+            [((), delivery)],
+        )
+    window = snap.histograms.get("realtime_window")
+    if window is not None:
+        w.histogram("realtime_window_seconds", "Length of flushed windows.", [((), window)])
+    c = snap.counters
+    for name, key, help_ in REALTIME_COUNTERS:
+        if key in c:
+            w.counter(name, help_, [((), c[key])])
+    w.counter(
+        "realtime_connections_refused",
+        "WebSocket connections refused, by reason.",
+        (([("reason", r)], c.get(f"realtime_refused_{r}", 0)) for r in REFUSALS),
+    )
+    w.gauge(
+        "realtime_connections",
+        "Open realtime connections.",
+        [((), snap.gauges.get("realtime_connections", 0))],
+    )
+    top = sorted(snap.org_connections.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ORGS]
+    w.gauge(
+        "realtime_org_connections",
+        f"Open realtime connections of the {TOP_ORGS} orgs with the most.",
+        (([("org_id", str(org))], n) for org, n in top),
+    )
+    if org_cap is not None:
+        w.gauge(
+            "realtime_org_connection_cap",
+            "Connections allowed per org (REALTIME_MAX_CONNECTIONS_PER_ORG).",
+            [((), org_cap)],
+        )
+    for name, key, help_ in IDEMPOTENCY_COUNTERS:
+        if key in c:
+            w.counter(name, help_, [((), c[key])])
+    if any(f"cache_{lv}_hits" in c for lv in CACHE_LEVELS):
+        for outcome in ("hits", "misses"):
+            w.counter(
+                f"cache_{outcome}",
+                f"Finance summary cache {outcome}, by level.",
+                (([("level", lv)], c.get(f"cache_{lv}_{outcome}", 0)) for lv in CACHE_LEVELS),
+            )
+    for key, help_ in (
+        ("db_pool_size", "Database pool size."),
+        ("db_pool_in_use", "Database connections checked out."),
+    ):
+        if key in snap.gauges:
+            w.gauge(key, help_, [((), snap.gauges[key])])
+    w.gauge(
+        "metrics_instances",
+        "Processes whose metrics this exposition merges.",
+        [((), max(1, len(snap.instances)))],
+    )
+    return w.render()

@@ -1,0 +1,44 @@
+"""Count every HTTP request by route template, method and status class, and time it.
+
+Pure ASGI and outermost, so refusals answered by other middleware (413, CORS preflights, replayed
+idempotent responses) count too. Per request: two perf_counter reads and Registry.record (a dict
+lookup, Histogram.record, integer increments). The route template comes from scope["endpoint"],
+which Starlette's router sets on the same scope dict; requests answered before routing are
+matched against the routes once, and a request no route matches is labelled "unmatched".
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..metrics.registry import Registry
+
+
+class MetricsMiddleware:
+    def __init__(self, app: ASGIApp, registry: Registry) -> None:
+        self.app = app
+        self.registry = registry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500  # what the client gets if nothing answered
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        start = perf_counter()
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            end = perf_counter()
+            endpoint = scope.get("endpoint")
+            if endpoint is None:
+                endpoint = self.registry.match(scope)
+            self.registry.record(endpoint, scope["method"], status, end - start, end)
