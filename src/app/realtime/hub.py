@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from streamcore import Codec, Conflator, FrameEncoder, FrameKind, WindowScheduler
+from streamcore import Codec, Conflator, FrameEncoder, FrameKind, Histogram, WindowScheduler
 from streamcore.protocol import decode_frame
 
 from ..events import Event
@@ -36,6 +36,7 @@ class RealtimeMetrics:
     """Counters of this process (exported by whatever scrapes app.state.hub.metrics)."""
 
     events_in: int = 0
+    events_out: int = 0  # events put into frames, after conflation
     frames_flushed: int = 0
     frames_sent: int = 0
     connections: int = 0
@@ -118,6 +119,7 @@ class Channel:
         self.conflator = Conflator()
         self.history: deque[Frame] = deque(maxlen=history_frames)
         self.subscribers: dict[Codec, set[Any]] = {}
+        self.opened_ms: float | None = None  # first event of the pending window (metrics)
 
     @property
     def name(self) -> str:
@@ -162,6 +164,10 @@ class Hub:
         self.history_frames = history_frames
         self.history_age_s = history_age_s
         self.metrics = RealtimeMetrics()
+        # Seconds, read by app.metrics once per scrape: a window's first event -> its flush, and
+        # -> its frame handed to every socket (the frame's oldest event, so its worst case).
+        self.window_lengths = Histogram()
+        self.delivery = Histogram()
         self._channels: dict[ChannelKey, Channel] = {}
         self._by_sched: dict[int, Channel] = {}
         self._org_channels: dict[int, list[Channel]] = {}
@@ -169,10 +175,43 @@ class Hub:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
         self.connections: set[Any] = set()
+
+    @property
+    def sweep_interval_s(self) -> float:
+        # Half the history age, but not so often that sweeping 100,000 channels shows in CPU.
+        return max(self.history_age_s / 2, 10.0)
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._sweeper = loop.call_later(self.sweep_interval_s, self._sweep_timer)
+
+    def _sweep_timer(self) -> None:
+        assert self._loop is not None
+        try:
+            self.sweep()
+        finally:
+            self._sweeper = self._loop.call_later(self.sweep_interval_s, self._sweep_timer)
+
+    def sweep(self) -> int:
+        """Forget channels nobody watches whose history has aged out; return how many.
+
+        A quiet org then costs nothing at all (~3 KB while it has a channel); a client that
+        resumes into a forgotten channel gets `reset` (its epoch is gone), as its history was.
+        """
+        horizon = self.now_ms() - self.history_age_s * 1000.0
+        stale = [
+            ch
+            for ch in self._channels.values()
+            if not ch.subscribers
+            and not len(ch.conflator)
+            and not self.scheduler.is_active(ch.sched_id)
+            and (not ch.history or ch.history[-1].t < horizon)
+        ]
+        for ch in stale:
+            self._drop_channel(ch)
+        return len(stale)
 
     def now_ms(self) -> float:
         assert self._loop is not None, "Hub.bind(loop) first"
@@ -191,12 +230,15 @@ class Hub:
         return ch
 
     def _drop_channel(self, ch: Channel) -> None:
-        # Only narrowed channels are dropped with their last subscriber; the org channel keeps
-        # its history for clients that reconnect.
+        # Narrowed channels go with their last subscriber; org channels when sweep() finds them
+        # unwatched and their history expired.
         self.scheduler.forget(ch.sched_id)
         del self._channels[ch.key]
         del self._by_sched[ch.sched_id]
-        self._org_channels[ch.org_id].remove(ch)
+        siblings = self._org_channels[ch.org_id]
+        siblings.remove(ch)
+        if not siblings:
+            del self._org_channels[ch.org_id]
 
     # -- events in -----------------------------------------------------------------------------
 
@@ -215,6 +257,8 @@ class Hub:
             )
             if now is None:
                 now = self.now_ms()
+            if ch.opened_ms is None:
+                ch.opened_ms = now
             if self.scheduler.touch(ch.sched_id, now):
                 self._arm()
         self.metrics.events_in += 1
@@ -269,10 +313,15 @@ class Hub:
         while ch.history and ch.history[0].t < horizon:
             ch.history.popleft()
         self.metrics.frames_flushed += 1
+        self.metrics.events_out += len(payloads)
         for subs in ch.subscribers.values():
             for conn in tuple(subs):
                 conn.deliver(frame)
         frame.settle()
+        if ch.opened_ms is not None:
+            self.window_lengths.record(max(0.0, now - ch.opened_ms) / 1000.0)
+            self.delivery.record(max(0.0, self.now_ms() - ch.opened_ms) / 1000.0)
+            ch.opened_ms = None
 
     # -- subscribers ---------------------------------------------------------------------------
 
@@ -355,6 +404,8 @@ class Hub:
             conn.shutdown(code, reason)
 
     def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

@@ -59,7 +59,10 @@ class Server:
 
 
 async def start_server(
-    tmp_path: Path, ws: str = "app.realtime.ws_protocol:StreamWebSocketProtocol", **overrides: Any
+    tmp_path: Path,
+    ws: str = "app.realtime.ws_protocol:StreamWebSocketProtocol",
+    ws_per_message_deflate: bool = False,
+    **overrides: Any,
 ) -> Server:
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path}/rt.db",
@@ -73,7 +76,7 @@ async def start_server(
         host="127.0.0.1",
         port=port,
         ws=ws,
-        ws_per_message_deflate=False,
+        ws_per_message_deflate=ws_per_message_deflate,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx2
@@ -216,3 +217,51 @@ async def test_a_control_frame_header_is_valid(srv: Any) -> None:
         await publish(srv.http, t["token"], [{"type": "a", "key": "k", "data": 1}])
         frame = await next_frame(ws)
         assert frame.kind == FrameKind.EVENTS and frame.seq == 1
+
+
+async def test_without_the_prepared_extension_frames_go_through_asgi(rt_factory: Any) -> None:
+    srv = await rt_factory(ws="websockets-sansio", **WINDOW)  # uvicorn's own protocol
+    t = await srv.tenant()
+    async with await open_ws(srv.ws, t["token"], codec="gzip") as ws:
+        await hello(ws)
+        events = [{"type": "n", "conflatable": False, "data": i} for i in range(50)]
+        await publish(srv.http, t["token"], events)
+        got = [e["data"] for f in await frames_until(ws, 50) for e in f.events]
+        assert got == list(range(50))
+        (conn,) = srv.hub.connections
+        assert conn._prepared is None
+        conn.shutdown(1013, "slow consumer")  # the fallback closes through ASGI
+        await ws.wait_closed()
+        assert ws.close_code == 1013
+
+
+async def test_prepared_frames_are_valid_on_a_deflate_connection(rt_factory: Any) -> None:
+    """Another deployment may negotiate permessage-deflate: our frames skip it, validly."""
+    from websockets.asyncio.client import connect
+
+    srv = await rt_factory(ws_per_message_deflate=True, **WINDOW)
+    t = await srv.tenant()
+    async with await connect(
+        f"{srv.ws}?codec=zstd", additional_headers={"Authorization": f"Bearer {t['token']}"}
+    ) as ws:
+        assert "permessage-deflate" in ws.response.headers.get("Sec-WebSocket-Extensions", "")
+        await hello(ws)
+        big = [{"type": "b", "key": f"k{i}", "data": "z" * 200} for i in range(20)]
+        await publish(srv.http, t["token"], big)
+        (frame,) = await frames_until(ws, 20)
+        assert frame.codec == Codec.ZSTD
+
+
+async def test_quiet_unwatched_channels_are_forgotten(rt_factory: Any) -> None:
+    srv = await rt_factory(realtime_history_age_s=0.2, **WINDOW)
+    t = await srv.tenant()
+    watcher = await srv.tenant()
+    async with await open_ws(srv.ws, watcher["token"]) as ws:
+        await hello(ws)
+        await publish(srv.http, t["token"], [{"type": "a", "key": "k", "data": 1}])
+        await publish(srv.http, watcher["token"], [{"type": "a", "key": "k", "data": 1}])
+        await frames_until(ws, 1)
+        await asyncio.sleep(0.3)
+        assert srv.hub.sweep() == 1  # the unwatched org's channel; the watched one stays
+        assert srv.hub.channel((t["org"], None), create=False) is None
+        assert srv.hub.channel((watcher["org"], None), create=False) is not None
