@@ -139,7 +139,14 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
 
     async def run() -> int:
         seen = 0
-        client = StreamClient(ws_url, token, codec=args.codec, properties=properties)
+
+        def subscribed(hello: dict[str, object]) -> None:
+            channel, seq = hello.get("channel"), hello.get("seq")
+            print(f"subscribed to {channel} at seq {seq}", file=sys.stderr, flush=True)
+
+        client = StreamClient(
+            ws_url, token, codec=args.codec, properties=properties, on_hello=subscribed
+        )
         async with client:
             async for item in client:
                 if isinstance(item, Reset):

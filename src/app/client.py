@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -64,6 +64,7 @@ class StreamClient:
         initial_backoff_s: float = 0.05,
         max_backoff_s: float = 5.0,
         max_size: int = 64 * 1024 * 1024,
+        on_hello: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.url = url
         self.token = token
@@ -73,6 +74,7 @@ class StreamClient:
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.max_size = max_size
+        self.on_hello = on_hello
         self.epoch: str | None = None
         self.last_seq: int | None = None
         self.hello: dict[str, Any] | None = None
@@ -180,6 +182,8 @@ class StreamClient:
                     kind = msg.get("type") if isinstance(msg, dict) else None
                     if kind == "hello":
                         self.hello = msg
+                        if self.on_hello is not None:
+                            self.on_hello(msg)
                         if self.epoch != msg["epoch"] or self.last_seq is None:
                             # A fresh subscription: the stream starts after the current seq.
                             self.epoch, self.last_seq = msg["epoch"], msg["seq"]

@@ -146,7 +146,7 @@ class RedisCaps:
 
     async def acquire(self, lease: Lease) -> None:
         keys = [self.user_key(lease.user_id), self.org_key(lease.org_id)]
-        args = [lease.conn_id, self.lease_ms, self.per_user, self.per_org]
+        args: list[str | int] = [lease.conn_id, self.lease_ms, self.per_user, self.per_org]
         result = int(await self._acquire(keys=keys, args=args))
         if result == 1:
             raise CapExceeded("user")

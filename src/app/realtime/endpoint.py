@@ -67,9 +67,9 @@ def _token(ws: WebSocket) -> tuple[str | None, str | None]:
                     400, "invalid_query", f"Offer the subprotocol {SUBPROTOCOL!r} with the token."
                 )
             return proto[len(BEARER_SUBPROTOCOL) :], SUBPROTOCOL
-    token = ws.query_params.get("access_token")
+    query_token = ws.query_params.get("access_token")
     accept = SUBPROTOCOL if SUBPROTOCOL in offered else None
-    return (token or None), accept
+    return (query_token or None), accept
 
 
 def _principal(ws: WebSocket, token: str | None) -> Principal:

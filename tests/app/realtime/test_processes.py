@@ -152,8 +152,8 @@ def test_watch_prints_the_events_of_the_seed_guide(tmp_path: Path) -> None:
     )
     try:
         assert watch.stderr is not None
-        assert "watching" in watch.stderr.readline()  # subscribed before the write below
-        time.sleep(0.3)
+        assert "watching" in watch.stderr.readline()
+        assert "subscribed to org:1" in watch.stderr.readline()  # before the write below
         token = a.token()
         r = httpx2.post(
             f"{a.http}/v1/finance/expenses",
