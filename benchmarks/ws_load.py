@@ -267,6 +267,11 @@ class Counter(asyncio.Protocol):
             self.connected.set_result(True)
 
     def data_received(self, data: bytes) -> None:
+        if self.open and not self.sample:
+            # Counting clients only count bytes (no copies, no parsing): frames are estimated from
+            # the sampled clients' mean frame size, the same frames going to every client.
+            self.stats["wire"] += len(data)
+            return
         self.buf += data
         if not self.open:
             end = self.buf.find(b"\r\n\r\n")
@@ -297,7 +302,8 @@ class Counter(asyncio.Protocol):
             if buf[pos] & 0x0F in (1, 2):
                 self.stats["frames"] += 1
                 self.stats["bytes"] += n
-                if self.sample:
+                self.stats["sampled_wire"] += head + n
+                if self.sample and not self.raw:  # the floor's bytes are filler
                     self.decode(bytes(buf[pos + head : pos + head + n]))
             pos += head + n
         del buf[:pos]
@@ -330,7 +336,8 @@ def run_clients(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        stats: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": [], "failed": 0}
+        stats: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": [], "failed": 0,
+                                 "wire": 0, "sampled_wire": 0}
         tokens = {org: token_for(org) for org in range(1, args.orgs + 1)}
         protos = []
         for i in range(args.count):
@@ -355,7 +362,7 @@ def run_clients(args: argparse.Namespace) -> None:
             protos.append(proto)
         print(json.dumps({"ready": True, "failed": stats["failed"]}), flush=True)
         await loop.run_in_executor(None, sys.stdin.readline)  # "measure": reset the counters
-        for k in ("frames", "bytes", "events"):
+        for k in ("frames", "bytes", "events", "wire", "sampled_wire"):
             stats[k] = 0
         stats["lat"] = []
         await loop.run_in_executor(None, sys.stdin.readline)  # "report"
@@ -490,14 +497,20 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
         time.sleep(args.seconds)
         cpu1, t1 = cpu_s(server.pid), time.monotonic()
         rss = rss_kb(server.pid)
-        totals: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": []}
+        totals: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": [], "wire": 0,
+                                  "sampled_wire": 0}
         for c in clients:
             c.stdin.write("report\n")  # type: ignore[union-attr]
             c.stdin.flush()  # type: ignore[union-attr]
             got = json.loads(c.stdout.readline())  # type: ignore[union-attr]
-            for k in ("frames", "bytes", "events"):
+            for k in ("frames", "bytes", "events", "wire", "sampled_wire"):
                 totals[k] += got[k]
             totals["lat"] += got["lat"]
+        # Sampled clients counted their frames; the others' frames are their bytes over the
+        # sampled mean wire size of a frame.
+        if totals["frames"]:
+            totals["frames"] += round(totals["wire"] * totals["frames"] / totals["sampled_wire"])
+            totals["bytes"] += totals["wire"]
         dt = t1 - t0
         connected = args.clients - failed
         per_conn_frames_s = {"naive": args.rate / args.orgs}.get(name, 20.0)

@@ -39,22 +39,30 @@ def coalesced_note(seq: int, first_seq: int) -> Frame:
     return Frame(seq, FrameKind.CONTROL, [body])
 
 
-def coalesce_payloads(payload_lists: list[list[bytes]]) -> list[bytes]:
-    """Merge several windows into one: conflatable events by key (latest wins), facts all kept.
+def conflation_keys(payloads: list[bytes]) -> list[str | None]:
+    """The key each event conflates on, None for the ones that must all be kept.
 
     An event is conflatable when its envelope has a "key" and not "conflatable": false
     (events.state() and POST /v2/realtime/publish build envelopes that way).
     """
+    keys: list[str | None] = []
+    for payload in payloads:
+        try:
+            head = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            head = None
+        key = head.get("key") if isinstance(head, dict) else None
+        keyed = isinstance(key, str) and head.get("conflatable", True) is not False
+        keys.append(key if keyed else None)
+    return keys
+
+
+def coalesce_payloads(frames: list[Frame]) -> list[bytes]:
+    """Merge several windows into one: conflatable events by key (latest wins), facts all kept."""
     conflator = Conflator()
-    for payloads in payload_lists:
-        for payload in payloads:
-            try:
-                head = orjson.loads(payload)
-            except orjson.JSONDecodeError:
-                head = None
-            key = head.get("key") if isinstance(head, dict) else None
-            keyed = isinstance(key, str) and head.get("conflatable", True) is not False
-            conflator.push(key if keyed else None, payload, keyed)
+    for frame in frames:
+        for key, payload in zip(frame.keys(), frame.payloads, strict=True):
+            conflator.push(key, payload, key is not None)
     return conflator.drain()
 
 
@@ -97,6 +105,8 @@ class Connection:
         self.closed = asyncio.Event()
         self.close_code: int | None = None
         self._writer: asyncio.Task[None] | None = None
+        # The writer holds a frame it took off the queue: the direct path must wait behind it.
+        self._in_flight = False
 
     def start(self) -> None:
         # The writer task exists only on the paths that need one: ASGI sends, or a lagging socket
@@ -121,7 +131,12 @@ class Connection:
         if self.close_code is not None:
             return
         prepared = self._prepared
-        if prepared is not None and not self._queue and prepared.buffered() < self._max_bytes:
+        if (
+            prepared is not None
+            and not self._queue
+            and not self._in_flight
+            and prepared.buffered() < self._max_bytes
+        ):
             if not prepared.send(frame.wire(self.codec, self._encoder)):
                 self._mark_closed(1006)
             self._metrics.frames_sent += 1
@@ -130,8 +145,10 @@ class Connection:
 
     def send_control(self, frame: Frame) -> None:
         """Send a control frame (hello, reset, a replayed frame) in order; never coalesced away."""
-        if self.close_code is None:
-            self.deliver(frame) if self._prepared is not None else self._enqueue(frame, 0)
+        if self.close_code is None and self._prepared is not None:
+            self.deliver(frame)
+        elif self.close_code is None:
+            self._enqueue(frame, 0)
 
     def _enqueue(self, frame: Frame, coalesced_from: int) -> None:
         self._queue.append((frame, coalesced_from))
@@ -158,7 +175,7 @@ class Connection:
         if len(events) < 2:
             return False
         first = events[0][1] or events[0][0].seq
-        merged = coalesce_payloads([f.payloads for f, _ in events])
+        merged = coalesce_payloads([f for f, _ in events])
         frame = Frame(events[-1][0].seq, FrameKind.EVENTS, merged)
         size = len(frame.data(self.codec, self._encoder))
         # The hard bound: one merged frame that alone exceeds the byte budget cannot be helped.
@@ -209,17 +226,23 @@ class Connection:
                     # that is already on its way.
                     frame, coalesced_from = self._queue.popleft()
                     self._queued_bytes -= len(frame.data(self.codec, self._encoder))
-                    if coalesced_from:
-                        # Tells the client the next frame stands for seqs coalesced_from..seq.
-                        await self._write(coalesced_note(frame.seq, coalesced_from))
-                    await self._write(frame)
+                    self._in_flight = True
+                    try:
+                        if coalesced_from:
+                            # Tells the client the next frame stands for seqs coalesced_from..seq.
+                            await self._write(coalesced_note(frame.seq, coalesced_from))
+                        await self._write(frame)
+                    finally:
+                        self._in_flight = False
         except Exception:
             self._mark_closed(1006)
 
     async def _write(self, frame: Frame) -> None:
         prepared = self._prepared
         if prepared is not None:
-            await prepared.wait_writable()
+            # Same bound as the direct path: fill the transport up to max_bytes, then wait.
+            if prepared.buffered() >= self._max_bytes:
+                await prepared.wait_writable()
             if not prepared.send(frame.wire(self.codec, self._encoder)):
                 self._mark_closed(1006)
         else:

@@ -54,7 +54,7 @@ class RealtimeMetrics:
 class Frame:
     """One flushed window (or control message), its bytes built lazily once per codec."""
 
-    __slots__ = ("_data", "_payloads", "_wire", "kind", "seq", "t")
+    __slots__ = ("_data", "_keys", "_payloads", "_wire", "kind", "seq", "t")
 
     def __init__(
         self,
@@ -69,7 +69,16 @@ class Frame:
         self._payloads = payloads
         self._data: dict[Codec, bytes] = data or {}
         self._wire: dict[Codec, bytes] = {}
+        self._keys: list[str | None] | None = None
         self.t = t
+
+    def keys(self) -> list[str | None]:
+        """Each event's conflation key (None: keep it), parsed once for every lagging socket."""
+        if self._keys is None:
+            from .connections import conflation_keys
+
+            self._keys = conflation_keys(self.payloads)
+        return self._keys
 
     @property
     def payloads(self) -> list[bytes]:
