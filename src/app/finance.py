@@ -482,6 +482,9 @@ def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
             body,
             idempotency.claim_of(request),
         )
+        cache = getattr(request.app.state, "summary_cache", None)
+        if cache is not None:  # committed: cached summaries of this property are stale now
+            await cache.invalidate(body.property_id)
         return OrjsonResponse(record, status_code=201)
 
     endpoint.__name__ = f"create_{ledger.kind}"
@@ -509,7 +512,17 @@ async def summary(request: Request) -> Response:
     """Totals per currency for one property over a period (from inclusive, to exclusive)."""
     who = authenticate(request)
     query = read_query(request, SummaryQuery)
-    return OrjsonResponse(await summarise(request.app.state.db, who, query))
+    cache = getattr(request.app.state, "summary_cache", None)
+    if cache is None:
+        return OrjsonResponse(await summarise(request.app.state.db, who, query))
+
+    async def compute() -> bytes:
+        body = await summarise(request.app.state.db, who, query)
+        return bytes(OrjsonResponse(body).body)
+
+    period = f"{query.from_}/{query.to}"
+    body = await cache.get(who.org_id, query.property_id, period, compute)
+    return Response(body, media_type="application/json")  # read through app.cache (L1/L2/L3)
 
 
 _WRITE_ERRORS = (400, 401, 404, 413, 415, 422)

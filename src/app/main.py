@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import auth, finance, health, idempotency, metrics, realtime, storage
+from . import auth, cache, finance, health, idempotency, metrics, realtime, storage
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
@@ -95,6 +95,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     await client.ping()
 
                 app.state.readiness_checks["redis"] = redis_ready
+            app.state.summary_cache = cache.SummaryCache(
+                getattr(app.state, "redis", None),
+                f"{settings.metrics_redis_prefix}:summary",
+                settings.database_url,
+            )
             # Last in, so first out: streams close before the stores they read.
             await realtime.start(app, settings, stack)
             # After the hub, so it stops publishing (and withdraws) before the hub closes.

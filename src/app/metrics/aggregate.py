@@ -135,10 +135,12 @@ def _idempotency(snap: Snapshot) -> dict[str, Any]:
 
 
 def _cache(snap: Snapshot) -> dict[str, Any]:
-    levels: dict[str, dict[str, Any] | None] = {}
+    """Finance summary read-through cache (app.cache): hits and misses per level."""
+    c = snap.counters
+    levels: dict[str, Any] = {}
     for level in ("l1", "l2", "l3"):
-        hits = snap.counters.get(f"cache_{level}_hits")
-        misses = snap.counters.get(f"cache_{level}_misses")
+        hits = c.get(f"cache_{level}_hits")
+        misses = c.get(f"cache_{level}_misses")
         if hits is None or misses is None:
             levels[level] = None
         else:
@@ -147,8 +149,17 @@ def _cache(snap: Snapshot) -> dict[str, Any]:
                 "misses": misses,
                 "hit_ratio": _ratio(hits, hits + misses),
             }
-    if all(v is None for v in levels.values()):
-        return {**levels, "hit_ratio": None, "reason": "no read-through cache is in place yet"}
+    if levels["l1"] is None:
+        return {**levels, "hit_ratio": None, "reason": "no read-through cache is in place"}
+    if levels["l2"] is None:
+        levels["l2_reason"] = "REDIS_URL is not set: L1 misses go to the database"
+    reads = c["cache_l1_hits"] + c["cache_l1_misses"]
+    served = c["cache_l1_hits"] + c.get("cache_l2_hits", 0)
+    levels["reads"] = reads
+    # Reads answered without the database, over all summary reads.
+    levels["hit_ratio"] = _ratio(served, reads)
+    if reads == 0:
+        levels["reason"] = "no summary was read yet"
     return levels
 
 

@@ -191,7 +191,11 @@ def render(snap: Snapshot, *, openmetrics: bool = False, org_cap: int | None = N
             w.counter(
                 f"cache_{outcome}",
                 f"Finance summary cache {outcome}, by level.",
-                (([("level", lv)], c.get(f"cache_{lv}_{outcome}", 0)) for lv in CACHE_LEVELS),
+                (
+                    ([("level", lv)], c[f"cache_{lv}_{outcome}"])
+                    for lv in CACHE_LEVELS
+                    if f"cache_{lv}_{outcome}" in c
+                ),
             )
     for key, help_ in (
         ("db_pool_size", "Database pool size."),
