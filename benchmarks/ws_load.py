@@ -336,8 +336,15 @@ def run_clients(args: argparse.Namespace) -> None:
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        stats: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": [], "failed": 0,
-                                 "wire": 0, "sampled_wire": 0}
+        stats: dict[str, Any] = {
+            "frames": 0,
+            "bytes": 0,
+            "events": 0,
+            "lat": [],
+            "failed": 0,
+            "wire": 0,
+            "sampled_wire": 0,
+        }
         tokens = {org: token_for(org) for org in range(1, args.orgs + 1)}
         protos = []
         for i in range(args.count):
@@ -497,8 +504,14 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
         time.sleep(args.seconds)
         cpu1, t1 = cpu_s(server.pid), time.monotonic()
         rss = rss_kb(server.pid)
-        totals: dict[str, Any] = {"frames": 0, "bytes": 0, "events": 0, "lat": [], "wire": 0,
-                                  "sampled_wire": 0}
+        totals: dict[str, Any] = {
+            "frames": 0,
+            "bytes": 0,
+            "events": 0,
+            "lat": [],
+            "wire": 0,
+            "sampled_wire": 0,
+        }
         for c in clients:
             c.stdin.write("report\n")  # type: ignore[union-attr]
             c.stdin.flush()  # type: ignore[union-attr]
