@@ -8,13 +8,17 @@ STAMP  := $(VENV)/.installed
 PYX    := $(wildcard src/streamcore/*.pyx src/streamcore/*.pxd)
 BUILT  := $(VENV)/.built
 
-.PHONY: serve test bench build lint typecheck clean
+.PHONY: serve test bench build watch lint typecheck clean
 
 serve: $(BUILT)
 	$(PY) -m app serve
 
 test: $(BUILT)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Log in as the demo user and print the org's stream as it arrives (run beside `make serve`).
+watch: $(BUILT)
+	$(PY) -m app watch $(WATCH_ARGS)
 
 bench: $(BUILT)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

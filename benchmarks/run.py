@@ -25,6 +25,8 @@ COMMAND = "make bench"
 # its rows as JSON with --json.
 HARNESSES: list[tuple[str, str, list[str]]] = [
     ("HTTP API on loopback (embedded SQLite)", "benchmarks.api_load", []),
+    ("Idempotency layer: latency added to a POST", "benchmarks.idempotency_load", []),
+    ("Realtime stream on loopback", "benchmarks.ws_load", []),
 ]
 
 
