@@ -7,7 +7,10 @@ stored under that version, so no process serves a summary older than the last wr
 saves the body's transfer and the database query, an L2 hit the query. Without Redis, L1 is
 invalidated by this process's writes and expires after L1_TTL_S, so several workers without
 Redis may serve a summary up to L1_TTL_S old after a write on another worker. If the version
-cannot be bumped in Redis, L2 is bypassed until its entries have expired.
+cannot be bumped in Redis, this process bypasses L2 until its entries have expired. Each Redis
+command has REDIS_BUDGET_S; after any failure L2 is paused (L2_PAUSE_S), and a write during the
+pause is not announced in Redis — if only this process lost Redis, the others' L2 may serve that
+property's previous summary until L2_TTL_S.
 
 Hits and misses are counted per level as they happen: an L1 miss goes to L2 (when Redis is
 configured and answers), an L2 miss to the database (L3, a hit there: it always answers).
@@ -15,6 +18,7 @@ configured and answers), an L2 miss to the database (L3, a hit there: it always 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -28,6 +32,10 @@ log = logging.getLogger("app.cache")
 L1_TTL_S = 2.0
 L1_MAX_ENTRIES = 10_000
 L2_TTL_S = 300
+# Each Redis command gets this long; after a failure L2 is skipped for a while, so an outage
+# costs one short timeout, not one per request.
+REDIS_BUDGET_S = 0.1
+L2_PAUSE_S = 5.0
 
 
 @dataclass
@@ -69,6 +77,15 @@ class SummaryCache:
     def _l2_usable(self) -> bool:
         return self.redis is not None and time.monotonic() >= self._l2_off_until
 
+    async def _call(self, command: Awaitable[Any]) -> Any:
+        async with asyncio.timeout(REDIS_BUDGET_S):
+            return await command
+
+    def _failed(self, what: str, exc: BaseException, pause_s: float = L2_PAUSE_S) -> None:
+        self.stats.l2_errors += 1
+        self._l2_off_until = max(self._l2_off_until, time.monotonic() + pause_s)
+        log.warning("summary cache: Redis %s failed: %s", what, type(exc).__name__)
+
     async def get(
         self, org_id: int, property_id: int, period: str, compute: Callable[[], Awaitable[bytes]]
     ) -> bytes:
@@ -77,10 +94,10 @@ class SummaryCache:
         remote_version: int | None = None
         if self._l2_usable():
             try:
-                remote_version = int(await self.redis.get(self._version_key(property_id)) or 0)
+                raw = await self._call(self.redis.get(self._version_key(property_id)))
+                remote_version = int(raw or 0)
             except Exception as exc:
-                self.stats.l2_errors += 1
-                log.warning("summary cache: Redis read failed: %s", type(exc).__name__)
+                self._failed("read", exc)
         stamp = (local_version, remote_version)
         entry = self._l1.get(key)
         if entry is not None and entry[0] == stamp and entry[1] > time.monotonic():
@@ -91,10 +108,9 @@ class SummaryCache:
         if remote_version is not None:
             l2_key = f"{self.prefix}:s:{org_id}:{property_id}:{remote_version}:{period}"
             try:
-                body = await self.redis.get(l2_key)
+                body = await self._call(self.redis.get(l2_key))
             except Exception as exc:
-                self.stats.l2_errors += 1
-                log.warning("summary cache: Redis read failed: %s", type(exc).__name__)
+                self._failed("read", exc)
                 l2_key, body = None, None
             if body is not None:
                 self.stats.l2_hits += 1
@@ -108,10 +124,9 @@ class SummaryCache:
             self._put_l1(key, stamp, body)
         if l2_key is not None:
             try:
-                await self.redis.set(l2_key, body, ex=L2_TTL_S)
+                await self._call(self.redis.set(l2_key, body, ex=L2_TTL_S))
             except Exception as exc:
-                self.stats.l2_errors += 1
-                log.warning("summary cache: Redis write failed: %s", type(exc).__name__)
+                self._failed("write", exc)
         return body
 
     def _put_l1(self, key: tuple[Any, ...], stamp: tuple[int, int | None], body: bytes) -> None:
@@ -126,12 +141,10 @@ class SummaryCache:
     async def invalidate(self, property_id: int) -> None:
         """A write changed this property's totals: forget every summary of it."""
         self._versions[property_id] = self._versions.get(property_id, 0) + 1
-        if self.redis is None:
-            return
+        if not self._l2_usable():
+            return  # L2 is paused (or absent): this process does not read it meanwhile
         try:
-            await self.redis.incr(self._version_key(property_id))
+            await self._call(self.redis.incr(self._version_key(property_id)))
         except Exception as exc:
-            self.stats.l2_errors += 1
             # Entries of the old version may still sit in Redis: stop reading L2 until they expire.
-            self._l2_off_until = time.monotonic() + L2_TTL_S
-            log.warning("summary cache: could not invalidate in Redis: %s", type(exc).__name__)
+            self._failed("invalidation", exc, pause_s=L2_TTL_S)

@@ -498,7 +498,9 @@ def _list(ledger: Ledger) -> Any:
         settings: Settings = request.app.state.settings
         query = read_query(request, ListQuery, context=_limits(settings))
         limit = query.limit or settings.page_size_default
-        items, next_cursor = await ledger.page(request.app.state.db, who, query, limit)
+        # Lists may lag the primary by the replica's lag (DATABASE_REPLICA_URL, docs/METRICS.md).
+        engine = request.app.state.db_replica or request.app.state.db
+        items, next_cursor = await ledger.page(engine, who, query, limit)
         return OrjsonResponse({"items": items, "nextCursor": next_cursor})
 
     endpoint.__name__ = f"list_{ledger.kind}s"

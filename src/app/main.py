@@ -74,6 +74,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await storage.ping(app.state.db)
 
             app.state.readiness_checks["database"] = database_ready
+            app.state.db_replica = None
+            if settings.database_replica_url:
+                replica = storage.create_engine(settings.database_replica_url)
+                stack.push_async_callback(replica.dispose)
+                app.state.db_replica = replica
+
+                async def replica_ready() -> None:
+                    await storage.ping(replica)
+
+                app.state.readiness_checks["database_replica"] = replica_ready
             store, idem_redis = idempotency.open_store(
                 settings, engine, app.state.idempotency_stats
             )

@@ -125,6 +125,8 @@ class Settings:
     port: int = 4000
     # SQLite under ./var is the embedded default; PostgreSQL via postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///./var/streamcore.db"
+    # Optional PostgreSQL read replica: list reads go there; its lag is in the metrics.
+    database_replica_url: str | None = None
     # Unset: embedded idempotency store, per-process connection counts, single-process fan-out.
     redis_url: str | None = None
     log_level: str = "info"
@@ -206,6 +208,9 @@ class Settings:
             host=_read(env, "HOST", d.host, str),
             port=_read(env, "PORT", d.port, _port),
             database_url=_read(env, "DATABASE_URL", d.database_url, str),
+            database_replica_url=_read(
+                env, "DATABASE_REPLICA_URL", d.database_replica_url, _optional_url
+            ),
             redis_url=_read(env, "REDIS_URL", d.redis_url, _optional_url),
             log_level=_read(env, "LOG_LEVEL", d.log_level, _log_level),
             window_min_ms=_read(env, "WINDOW_MIN_MS", d.window_min_ms, _positive_float),
@@ -251,9 +256,7 @@ class Settings:
             realtime_event_max_bytes=_read(
                 env, "REALTIME_EVENT_MAX_BYTES", d.realtime_event_max_bytes, _positive_int
             ),
-            realtime_redis_prefix=_read(
-                env, "REALTIME_REDIS_PREFIX", d.realtime_redis_prefix, str
-            ),
+            realtime_redis_prefix=_read(env, "REALTIME_REDIS_PREFIX", d.realtime_redis_prefix, str),
             data_dir=_read(env, "DATA_DIR", d.data_dir, str),
             jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
             token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),

@@ -7,6 +7,7 @@ stats, the database pool), merge the snapshots other workers published to Redis,
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import logging
@@ -17,6 +18,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
+from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -67,11 +69,11 @@ def local_snapshot(app: Any) -> Snapshot:
     cache = getattr(state, "summary_cache", None)
     if cache is not None:
         counters.update(cache.counters())
-    engine = getattr(state, "db", None)
-    pool = getattr(engine, "pool", None)
-    if pool is not None and hasattr(pool, "size") and hasattr(pool, "checkedout"):
-        snap.gauges["db_pool_size"] = pool.size()
-        snap.gauges["db_pool_in_use"] = pool.checkedout()
+    for attr, name in (("db", "db_pool"), ("db_replica", "db_replica_pool")):
+        pool = getattr(getattr(state, attr, None), "pool", None)
+        if pool is not None and hasattr(pool, "size") and hasattr(pool, "checkedout"):
+            snap.gauges[f"{name}_size"] = pool.size()
+            snap.gauges[f"{name}_in_use"] = pool.checkedout()
     snap.instances = [{"id": getattr(state, "metrics_instance", "local"), "age_s": 0.0}]
     return snap
 
@@ -104,21 +106,53 @@ async def collect(app: Any) -> tuple[Snapshot, dict[str, Any]]:
     }
 
 
-def _database(snap: Snapshot, settings: Settings) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if "db_pool_size" in snap.gauges:
-        size = int(snap.gauges["db_pool_size"])
-        in_use = int(snap.gauges.get("db_pool_in_use", 0))
-        out["pool"] = {
-            "size": size,
-            "in_use": in_use,
-            "utilisation": in_use / size if size else None,
-        }
-    else:
-        out["pool"] = None
+def _pool(snap: Snapshot, name: str) -> dict[str, Any] | None:
+    if f"{name}_size" not in snap.gauges:
+        return None
+    size = int(snap.gauges[f"{name}_size"])
+    in_use = int(snap.gauges.get(f"{name}_in_use", 0))
+    return {"size": size, "in_use": in_use, "utilisation": in_use / size if size else None}
+
+
+# Lag of a PostgreSQL standby: 0 when it has replayed all it received, else the age of the last
+# replayed transaction. NULL lag (a primary) is reported as null with that reason.
+REPLICA_LAG_SQL = text(
+    "SELECT pg_is_in_recovery() AS standby, CASE WHEN pg_last_wal_receive_lsn() = "
+    "pg_last_wal_replay_lsn() THEN 0 ELSE EXTRACT(EPOCH FROM now() - "
+    "pg_last_xact_replay_timestamp()) END AS lag_s"
+)
+REPLICA_TIMEOUT_S = 1.0
+
+
+async def replica_lag(engine: Any) -> tuple[float | None, str | None]:
+    """(lag in seconds, None) or (None, why it cannot be measured)."""
+    if engine is None:
+        return None, "no read replica is configured (DATABASE_REPLICA_URL); reads use the primary"
+    if engine.dialect.name != "postgresql":
+        return None, f"the replica is {engine.dialect.name}, which has no replication to measure"
+    try:
+        async with asyncio.timeout(REPLICA_TIMEOUT_S), engine.connect() as conn:
+            row = (await conn.execute(REPLICA_LAG_SQL)).one()
+    except Exception as exc:
+        return None, f"the replica did not answer ({type(exc).__name__})"
+    if not row.standby:
+        return None, "DATABASE_REPLICA_URL names a server that is not in recovery (a primary)"
+    if row.lag_s is None:
+        return None, "the standby has not replayed any transaction yet"
+    return float(row.lag_s), None
+
+
+async def _database(app: Any, snap: Snapshot) -> dict[str, Any]:
+    out: dict[str, Any] = {"pool": _pool(snap, "db_pool")}
+    if out["pool"] is None:
         out["pool_reason"] = "the database engine has no fixed-size pool"
-    out["replica_lag_s"] = None
-    out["replica_reason"] = "no read replica is configured; every read goes to the primary"
+    replica = getattr(app.state, "db_replica", None)
+    if replica is not None:
+        out["replica_pool"] = _pool(snap, "db_replica_pool")
+    lag, reason = await replica_lag(replica)
+    out["replica_lag_s"] = lag
+    if reason is not None:
+        out["replica_reason"] = reason
     out["partitions_ready"] = None
     out["partitions_reason"] = "the schema has no partitioned tables"
     return out
@@ -163,7 +197,7 @@ async def aggregated_metrics(request: Request) -> Response:
         now=time.time(),
         now_minute=app.state.metrics.now_minute(),
         source=source,
-        database=_database(snap, settings),
+        database=await _database(app, snap),
         per_org_cap=settings.realtime_max_connections_per_org,
         per_user_cap=settings.realtime_max_connections_per_user,
     )

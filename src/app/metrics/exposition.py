@@ -200,6 +200,8 @@ def render(snap: Snapshot, *, openmetrics: bool = False, org_cap: int | None = N
     for key, help_ in (
         ("db_pool_size", "Database pool size."),
         ("db_pool_in_use", "Database connections checked out."),
+        ("db_replica_pool_size", "Read replica pool size."),
+        ("db_replica_pool_in_use", "Read replica connections checked out."),
     ):
         if key in snap.gauges:
             w.gauge(key, help_, [((), snap.gauges[key])])

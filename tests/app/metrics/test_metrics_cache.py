@@ -95,3 +95,16 @@ def test_l2_is_shared_between_processes_and_invalidated(
     merged = a.client.get(AGG).json()["cache"]  # a's own counters and b's published ones
     assert merged["l2"] == {"hits": 2, "misses": 2, "hit_ratio": 0.5}
     assert merged["l1"]["hits"] == 1 and merged["l3"]["hits"] == 2
+
+
+def test_without_redis_answering_the_summary_is_still_right(
+    api_factory: Any, sqlite_url: str
+) -> None:
+    api: Api = api_factory(sqlite_url, redis_url="redis://127.0.0.1:1/0")  # nothing listens
+    t = api.tenant("Acme")
+    expense(api, t, 100)
+    assert spent(api, t) == 100
+    expense(api, t, 1)
+    assert spent(api, t) == 101
+    stats = api.app.state.summary_cache.stats
+    assert stats.l2_errors >= 1 and stats.l3_hits == 2
