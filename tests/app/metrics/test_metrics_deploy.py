@@ -43,6 +43,7 @@ def full_snapshot() -> Snapshot:
         snap.counters[f"cache_{level}_hits"] = 1
         snap.counters[f"cache_{level}_misses"] = 1
     snap.gauges = {"realtime_connections": 1, "db_pool_size": 10, "db_pool_in_use": 1}
+    snap.gauges |= {"db_replica_pool_size": 10, "db_replica_pool_in_use": 1}
     snap.org_connections = {7: 1}
     return snap
 
@@ -65,7 +66,7 @@ def test_dashboard_covers_red_realtime_connections_idempotency_and_slos() -> Non
     dash = json.loads(DASHBOARD.read_text())
     panels = [p for p in dash["panels"] if p["type"] != "row"]
     rows = {p["title"] for p in dash["panels"] if p["type"] == "row"}
-    assert {"RED per route", "Realtime delivery", "Connections", "Idempotency"} <= rows
+    assert {"RED per route", "Realtime delivery", "Connections", "Idempotency", "Database"} <= rows
     assert any(r.startswith("SLO") for r in rows)
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
