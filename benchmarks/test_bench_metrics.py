@@ -90,7 +90,7 @@ def _driver(app: Starlette):  # type: ignore[no-untyped-def]
     return run, loop
 
 
-def _interleaved_overhead_us(rounds: int = 7) -> tuple[float, float, float]:
+def _interleaved_overhead_us(rounds: int = 15) -> tuple[float, float, float]:
     """Best-of-N per-request time without and with the middleware, measured alternately."""
     plain, loop_a = _driver(_app(False))
     metered, loop_b = _driver(_app(True))

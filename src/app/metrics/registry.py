@@ -71,6 +71,7 @@ class Registry:
         self.by_label: dict[tuple[str, str], Series] = {}
         self.minutes: dict[int, Series] = {}
         self._minute = -1
+        self._minute_start = self._minute_end = 0.0
         self._current = Series()
         # Wall-clock minutes from the monotonic clock: aligned across workers, immune to steps.
         self._offset = time.time() - time.perf_counter()
@@ -95,9 +96,8 @@ class Registry:
             idx = 0
         series.hist.record(seconds)
         series.statuses[idx] += 1
-        minute = int((end + self._offset) // MINUTE_S)
-        if minute != self._minute:
-            self._roll(minute)
+        if not self._minute_start <= end < self._minute_end:
+            self._roll(int((end + self._offset) // MINUTE_S))
         current = self._current
         current.hist.record(seconds)
         current.statuses[idx] += 1
@@ -115,9 +115,15 @@ class Registry:
 
     def _roll(self, minute: int) -> None:
         self._minute = minute
-        self._current = self.minutes[minute] = Series()
-        for old in [m for m in self.minutes if m <= minute - RING_MINUTES]:
-            del self.minutes[old]
+        # The minute's bounds on the perf_counter clock, so record() compares instead of divides.
+        self._minute_start = minute * MINUTE_S - self._offset
+        self._minute_end = self._minute_start + MINUTE_S
+        current = self.minutes.get(minute)  # never replaced: rounding may roll to the same one
+        if current is None:
+            current = self.minutes[minute] = Series()
+            for old in [m for m in self.minutes if m <= minute - RING_MINUTES]:
+                del self.minutes[old]
+        self._current = current
 
     def now_minute(self) -> int:
         return int((time.perf_counter() + self._offset) // MINUTE_S)

@@ -175,3 +175,16 @@ def test_snapshot_round_trips_and_merges_like_one_process() -> None:
 def test_a_corrupt_snapshot_is_refused() -> None:
     with pytest.raises(ValueError):
         Snapshot.from_bytes(b'{"v": 99}')
+
+
+def test_minutes_roll_on_the_wall_clock_and_keep_their_counts() -> None:
+    registry = Registry(ROUTES)
+    endpoint = ROUTES[0].endpoint
+    now = time.perf_counter()
+    # Around a minute boundary, back and forth: every request lands in its own minute, once.
+    boundary = (registry.now_minute() + 1) * 60 - registry._offset
+    for t in (boundary - 0.001, boundary, boundary - 0.0005, boundary + 0.001, now):
+        registry.record(endpoint, "GET", 200, 0.01, t)
+    snap = registry.snapshot()
+    assert sum(s.requests for s in snap.minutes.values()) == 5
+    assert snap.total().requests == 5
