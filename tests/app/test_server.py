@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -27,12 +27,6 @@ SEED_EXPENSE = {
     "expenseDate": "2025-12-13T10:00:00Z",
     "paymentMode": "cash",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from metrics_procs import Serve
+from processes import ServeProcess
 from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
@@ -44,7 +44,7 @@ def healthz_count(body: dict[str, Any]) -> int:
     return 0
 
 
-def prom_healthz(server: Serve) -> float:
+def prom_healthz(server: ServeProcess) -> float:
     fams = {f.name: f for f in text_string_to_metric_families(server.get(PROM).text)}
     return sum(
         s.value
@@ -65,10 +65,10 @@ async def test_two_processes_merge_through_redis(tmp_path: Path, redis_url: str)
         "IDEMPOTENCY_REDIS_PREFIX": f"{prefix}:idem:",
         "METRICS_PUBLISH_INTERVAL_S": str(INTERVAL_S),
     }
-    a = Serve(tmp_path, env, "a")
+    a = ServeProcess(tmp_path, env, "a")
     b = None
     try:
-        b = Serve(tmp_path, env, "b")
+        b = ServeProcess(tmp_path, env, "b")
         for _ in range(3):
             assert a.get("/healthz").status_code == 200
         for _ in range(4):

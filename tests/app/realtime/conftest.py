@@ -7,24 +7,18 @@ uvicorn's protocol (our prepared-frame subclass by default) are the real ones.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from processes import free_port
 
 from app import accounts
 from app.auth import Principal
 from app.main import create_app
 from app.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:

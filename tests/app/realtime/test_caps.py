@@ -120,7 +120,7 @@ async def test_redis_leases_of_a_dead_worker_expire(redis_url: str) -> None:
 @pytest.mark.redis
 @pytest.mark.slow
 def test_caps_hold_across_two_server_processes(redis_url: str, tmp_path: Path) -> None:
-    from procs import ServeProcess, server_env
+    from processes import ServeProcess, server_env
 
     prefix = f"test-rt-{uuid.uuid4().hex[:8]}"
     env = server_env(

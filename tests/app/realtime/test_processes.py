@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from procs import PrivateRedis, ServeProcess, server_env
+from processes import PrivateRedis, ServeProcess, server_env
 from support import frames_until, hello, next_frame, open_ws, publish
 from websockets.exceptions import ConnectionClosed
 
@@ -60,7 +60,7 @@ def test_a_redis_restart_ends_in_reset_not_a_silent_gap(tmp_path: Path) -> None:
                     await publish(a.http, token, [{"type": "t", "key": "k", "data": 1}])
                 ).status_code == 202
                 assert (await frames_until(ws, 1))[0].seq == 1
-                redis.stop()
+                redis.stop(signal.SIGKILL)  # a crash, not a shutdown
                 r = await publish(a.http, token, [{"type": "t", "key": "k", "data": 2}])
                 assert r.status_code == 503  # told, not silently dropped
                 assert r.json()["error"]["code"] == "service_unavailable"

@@ -1,9 +1,10 @@
-"""`python -m app serve` processes (and a private redis-server) for the multi-process tests."""
+"""Processes the tests start and stop by pid: `python -m app serve` and private redis-servers."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -11,11 +12,28 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
+import redis
 
-from conftest import free_port
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def server_env(workdir: Path, **extra: Any) -> dict[str, str]:
+    """Environment of a server with its own SQLite database and data dir under workdir."""
+    return {
+        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/var/streamcore.db",
+        "DATA_DIR": str(workdir / "var"),
+        "LOG_LEVEL": "warning",
+        **{k: str(v) for k, v in extra.items()},
+    }
 
 
 class ServeProcess:
+    """`python -m app serve` on a free loopback port, ready once /readyz answers 200."""
+
     def __init__(self, workdir: Path, env: dict[str, str], name: str) -> None:
         self.port = free_port()
         self.http = f"http://127.0.0.1:{self.port}"
@@ -40,6 +58,9 @@ class ServeProcess:
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.1)
 
+    def get(self, path: str, **kw: object) -> httpx2.Response:
+        return httpx2.get(f"{self.http}{path}", timeout=10, **kw)  # type: ignore[arg-type]
+
     def token(self, email: str = "user@example.com", password: str = "changeme") -> str:
         r = httpx2.post(
             f"{self.http}/auth/login", json={"email": email, "password": password}, timeout=10
@@ -59,17 +80,8 @@ class ServeProcess:
         return self.proc.returncode
 
 
-def server_env(workdir: Path, **extra: Any) -> dict[str, str]:
-    return {
-        "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/var/streamcore.db",
-        "DATA_DIR": str(workdir / "var"),
-        "LOG_LEVEL": "warning",
-        **{k: str(v) for k, v in extra.items()},
-    }
-
-
 class PrivateRedis:
-    """A redis-server of the test's own, for tests that stop it (never the shared one)."""
+    """A redis-server of the test's own, which it may stop, restart, hang (SIGSTOP) or flush."""
 
     def __init__(self) -> None:
         self.port = free_port()
@@ -78,36 +90,46 @@ class PrivateRedis:
         self.start()
 
     def start(self) -> None:
+        """Start (or restart) the server on its port and wait until it answers PING."""
         self.proc = subprocess.Popen(
             [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--bind",
-                "127.0.0.1",
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        import socket
-
         deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), 0.2):
+        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        try:
+            while True:
+                try:
+                    client.ping()
                     return
-            except OSError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
+                except redis.RedisError:
+                    assert time.monotonic() < deadline, "private redis-server did not start"
+                    time.sleep(0.05)
+        finally:
+            client.close()
 
-    def stop(self) -> None:
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=1)
+
+    def hang(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)  # the socket stays open and never answers
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            os.kill(self.proc.pid, signal.SIGCONT)  # a hung server must be able to die
+            os.kill(self.proc.pid, sig)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
         self.proc = None
