@@ -59,3 +59,5 @@ def configure(level: str) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Alembic announces each autogenerate plugin at info on every start: noise for operators.
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(root.level, logging.WARNING))
