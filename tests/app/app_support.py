@@ -13,6 +13,17 @@ from app.events import Event
 
 PASSWORD = "correct horse battery"
 
+# The expense body of the seed's testing guide, as written there.
+SEED_EXPENSE = {
+    "propertyId": 1,
+    "category": "maintenance",
+    "amountCents": 50000,
+    "currency": "INR",
+    "description": "Test expense",
+    "expenseDate": "2025-12-13T10:00:00Z",
+    "paymentMode": "cash",
+}
+
 
 @dataclass
 class Tenant:
@@ -61,3 +72,15 @@ class Api:
                 return await accounts.create_property(conn, tenant.org_id, name)
 
         return int(self.run(create))
+
+
+def expense(tenant: Tenant, **changes: Any) -> dict[str, Any]:
+    """The seed's expense on this tenant's property, with changes."""
+    return {**SEED_EXPENSE, "propertyId": tenant.property_id, **changes}
+
+
+def revenue(tenant: Tenant, **changes: Any) -> dict[str, Any]:
+    """A revenue shaped like the seed's expense, on this tenant's property."""
+    body = expense(tenant, category="rent", **changes)
+    body["revenueDate"] = body.pop("expenseDate")
+    return body

@@ -17,19 +17,6 @@ from sqlalchemy import func, select
 from app import storage
 
 PATH = "/v1/finance/expenses"
-EXPENSE = {
-    "propertyId": 1,
-    "category": "maintenance",
-    "amountCents": 50000,
-    "currency": "INR",
-    "description": "Test expense",
-    "expenseDate": "2025-12-13T10:00:00Z",
-    "paymentMode": "cash",
-}
-
-
-def expense(tenant: Tenant, **changes: Any) -> dict[str, Any]:
-    return {**EXPENSE, "propertyId": tenant.property_id, **changes}
 
 
 def keyed(tenant: Tenant, key: str) -> dict[str, str]:

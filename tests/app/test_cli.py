@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from app_support import SEED_EXPENSE
 from starlette.testclient import TestClient
 
 from app.__main__ import main
@@ -106,15 +107,7 @@ def test_seed_demo_is_idempotent_and_matches_the_guide(
         response = client.post(
             "/v1/finance/expenses",
             headers={"Authorization": f"Bearer {token}"},
-            json={
-                "propertyId": 1,
-                "category": "maintenance",
-                "amountCents": 50000,
-                "currency": "INR",
-                "description": "Test expense",
-                "expenseDate": "2025-12-13T10:00:00Z",
-                "paymentMode": "cash",
-            },
+            json=SEED_EXPENSE,
         )
         assert response.status_code == 201, response.text
 

@@ -9,33 +9,13 @@ from typing import Any
 
 import orjson
 import pytest
-from app_support import Api, Tenant
+from app_support import SEED_EXPENSE, Api, Tenant, expense, revenue
 from hypothesis import given
 from hypothesis import strategies as st
 
 from app.errors import InvalidCursor
 from app.finance import decode_cursor, encode_cursor
 from app.logs import JsonFormatter
-
-EXPENSE = {
-    "propertyId": 1,
-    "category": "maintenance",
-    "amountCents": 50000,
-    "currency": "INR",
-    "description": "Test expense",
-    "expenseDate": "2025-12-13T10:00:00Z",
-    "paymentMode": "cash",
-}
-
-
-def expense(tenant: Tenant, **changes: Any) -> dict[str, Any]:
-    return {**EXPENSE, "propertyId": tenant.property_id, **changes}
-
-
-def revenue(tenant: Tenant, **changes: Any) -> dict[str, Any]:
-    body = expense(tenant, category="rent", **changes)
-    body["revenueDate"] = body.pop("expenseDate")
-    return body
 
 
 def post(api: Api, kind: str, tenant: Tenant, body: dict[str, Any]) -> Any:
@@ -362,7 +342,7 @@ def test_json_that_is_not_an_object_is_422(api: Api, raw: bytes) -> None:
 
 @pytest.mark.parametrize("path", ["/v1/finance/expenses", "/v1/finance/revenues"])
 def test_writes_need_a_token(api: Api, path: str) -> None:
-    response = api.client.post(path, json=EXPENSE)
+    response = api.client.post(path, json=SEED_EXPENSE)
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
     assert response.json()["error"]["code"] == "unauthorized"

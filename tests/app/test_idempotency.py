@@ -9,13 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-from app_support import Api
+from app_support import SEED_EXPENSE, Api, expense
 from idempotency_support import (
-    EXPENSE,
     PATH,
     burst,
     delete_prefix,
-    expense,
     keyed,
     new_key,
     rows,
@@ -232,7 +230,7 @@ def test_the_longest_key_and_the_quoted_form_are_accepted(sqlite_api: Api) -> No
 
 
 def test_a_key_without_credentials_is_answered_401_as_before(sqlite_api: Api) -> None:
-    response = sqlite_api.client.post(PATH, json=EXPENSE, headers={"Idempotency-Key": "k"})
+    response = sqlite_api.client.post(PATH, json=SEED_EXPENSE, headers={"Idempotency-Key": "k"})
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "unauthorized"
 

@@ -15,12 +15,11 @@ from typing import Any
 
 import httpx2
 import pytest
-from app_support import Api
+from app_support import Api, expense
 from idempotency_support import (
     PATH,
     PrivateRedis,
     delete_prefix,
-    expense,
     keyed,
     new_key,
     private_redis,

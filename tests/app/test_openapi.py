@@ -7,7 +7,7 @@ from typing import Any
 
 import jsonschema
 import pytest
-from app_support import Api, Tenant
+from app_support import SEED_EXPENSE, Api, Tenant, expense
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
@@ -16,19 +16,9 @@ from app.settings import Settings
 
 Case = Callable[[Api, Tenant], Any]
 
-EXPENSE = {
-    "propertyId": 0,
-    "category": "maintenance",
-    "amountCents": 50000,
-    "currency": "INR",
-    "description": "Test expense",
-    "expenseDate": "2025-12-13T10:00:00Z",
-    "paymentMode": "cash",
-}
-
 
 def entry(t: Tenant, kind: str, **changes: Any) -> dict[str, Any]:
-    body = {**EXPENSE, "propertyId": t.property_id, **changes}
+    body = expense(t, **changes)
     if kind == "revenues":
         body["revenueDate"] = body.pop("expenseDate")
     return body
@@ -225,7 +215,7 @@ def test_request_bodies_in_the_document_accept_the_seed_example(api: Api) -> Non
     operation = document["paths"]["/v1/finance/expenses"]["post"]
     schema = operation["requestBody"]["content"]["application/json"]["schema"]
     validator = jsonschema.Draft202012Validator({**schema, "components": document["components"]})
-    seed = {**EXPENSE, "propertyId": 1}
+    seed = dict(SEED_EXPENSE)
     validator.validate(seed)
     assert not validator.is_valid({**seed, "currency": "inr"})
     assert not validator.is_valid({**seed, "amountCents": 0})

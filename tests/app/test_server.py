@@ -14,19 +14,10 @@ from typing import Any
 
 import httpx2
 import pytest
+from app_support import SEED_EXPENSE
 from processes import free_port
 
 pytestmark = pytest.mark.slow
-
-SEED_EXPENSE = {
-    "propertyId": 1,
-    "category": "maintenance",
-    "amountCents": 50000,
-    "currency": "INR",
-    "description": "Test expense",
-    "expenseDate": "2025-12-13T10:00:00Z",
-    "paymentMode": "cash",
-}
 
 
 @pytest.fixture(scope="module")

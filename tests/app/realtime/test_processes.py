@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from app_support import SEED_EXPENSE
 from processes import PrivateRedis, ServeProcess, server_env
 from support import frames_until, hello, next_frame, open_ws, publish
 from websockets.exceptions import ConnectionClosed
@@ -158,15 +159,7 @@ def test_watch_prints_the_events_of_the_seed_guide(tmp_path: Path) -> None:
         r = httpx2.post(
             f"{a.http}/v1/finance/expenses",
             headers={"Authorization": f"Bearer {token}"},
-            json={
-                "propertyId": 1,
-                "category": "maintenance",
-                "amountCents": 50000,
-                "currency": "INR",
-                "description": "Test expense",
-                "expenseDate": "2025-12-13T10:00:00Z",
-                "paymentMode": "cash",
-            },
+            json=SEED_EXPENSE,
             timeout=10,
         )
         assert r.status_code == 201, r.text
