@@ -258,6 +258,7 @@ class Counter(asyncio.Protocol):
         self.buf = bytearray()
         self.open = raw
         self.handshake = handshake
+        self.org = 0
         self.connected = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
@@ -328,7 +329,16 @@ class Counter(asyncio.Protocol):
             items = orjson.loads(zstandard.ZstdDecompressor().decompress(payload))
         for item in items:
             self.stats["lat"].append(now - item["data"]["ts"])
+            self.stats["lat_org"].append(self.org)
             self.stats["events"] += 1
+
+
+def client_orgs(args: argparse.Namespace) -> list[int]:
+    """The org of each of this process's clients: round-robin, or slice of --orgs-file's list."""
+    if args.orgs_file:
+        every = json.loads(Path(args.orgs_file).read_text())
+        return [int(o) for o in every[args.first : args.first + args.count]]
+    return [(args.first + i) % args.orgs + 1 for i in range(args.count)]
 
 
 def run_clients(args: argparse.Namespace) -> None:
@@ -341,14 +351,15 @@ def run_clients(args: argparse.Namespace) -> None:
             "bytes": 0,
             "events": 0,
             "lat": [],
+            "lat_org": [],  # the org of each latency sample, in the same order
             "failed": 0,
             "wire": 0,
             "sampled_wire": 0,
         }
-        tokens = {org: token_for(org) for org in range(1, args.orgs + 1)}
+        orgs = client_orgs(args)
+        tokens = {org: token_for(org) for org in set(orgs)}
         protos = []
-        for i in range(args.count):
-            org = (args.first + i) % args.orgs + 1
+        for i, org in enumerate(orgs):
             sample = (args.first + i) % SAMPLE_EVERY == 0
             if args.server == "floor":
                 hs = f"{org}\n".encode()
@@ -360,6 +371,7 @@ def run_clients(args: argparse.Namespace) -> None:
                     "Sec-WebSocket-Version: 13\r\n\r\n"
                 ).encode()
             proto = Counter(stats, sample, args.server == "floor", hs)
+            proto.org = org
             try:
                 await loop.create_connection(lambda p=proto: p, "127.0.0.1", args.port)
                 if not await asyncio.wait_for(proto.connected, 10):
@@ -371,7 +383,7 @@ def run_clients(args: argparse.Namespace) -> None:
         await loop.run_in_executor(None, sys.stdin.readline)  # "measure": reset the counters
         for k in ("frames", "bytes", "events", "wire", "sampled_wire"):
             stats[k] = 0
-        stats["lat"] = []
+        stats["lat"], stats["lat_org"] = [], []
         await loop.run_in_executor(None, sys.stdin.readline)  # "report"
         print(json.dumps(stats), flush=True)
 
@@ -423,107 +435,138 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q / 100 * len(values)))] * 1000
 
 
-def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
-    port = free_port()
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.ws_load",
-        "--role",
-        "server",
-        "--server",
-        name,
-        "--port",
-        str(port),
-        "--rate",
-        str(args.rate),
-        "--orgs",
-        str(args.orgs),
-        "--keys",
-        str(args.keys),
-        "--frame-bytes",
-        str(frame_bytes),
-        "--window-ms",
-        str(args.window_ms),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    server = subprocess.Popen(cmd, cwd=ROOT, env=env)
-    clients: list[subprocess.Popen[str]] = []
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, f"{name} server exited"
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"{name} server did not start"
-                time.sleep(0.1)
-        rss_before = rss_kb(server.pid)
-        per = -(-args.clients // args.client_procs)
-        for i in range(args.client_procs):
-            count = min(per, args.clients - i * per)
-            clients.append(
+ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, f"{what} exited"
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float = 10) -> None:
+    """Stop a process this harness started, by its pid: `sig`, then SIGKILL after `grace`."""
+    if proc.poll() is None:
+        os.kill(proc.pid, sig)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Clients:
+    """WebSocket client processes (`--role clients`) driven through their stdin and stdout."""
+
+    def __init__(
+        self,
+        server: str,
+        port: int,
+        total: int,
+        procs: int,
+        orgs: int,
+        orgs_file: str | None = None,
+    ) -> None:
+        self.total = total
+        self.procs: list[subprocess.Popen[str]] = []
+        per = -(-total // procs)
+        for i in range(procs):
+            count = min(per, total - i * per)
+            cmd = [
+                sys.executable,
+                *("-m", "benchmarks.ws_load", "--role", "clients", "--server", server),
+                *("--port", str(port), "--orgs", str(orgs)),
+                *("--first", str(i * per), "--count", str(count)),
+            ]
+            if orgs_file:
+                cmd += ["--orgs-file", orgs_file]
+            self.procs.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "benchmarks.ws_load",
-                        "--role",
-                        "clients",
-                        "--server",
-                        name,
-                        "--port",
-                        str(port),
-                        "--orgs",
-                        str(args.orgs),
-                        "--first",
-                        str(i * per),
-                        "--count",
-                        str(count),
-                    ],
-                    cwd=ROOT,
-                    env=env,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
+                    cmd, cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
                 )
             )
-        failed = 0
-        for c in clients:
-            assert c.stdout is not None
-            failed += json.loads(c.stdout.readline())["failed"]
-        time.sleep(1.0)
-        idle_kb = (rss_kb(server.pid) - rss_before) / max(1, args.clients - failed)
-        os.kill(server.pid, signal.SIGUSR1)  # start generating
-        time.sleep(args.warmup)
-        for c in clients:
-            c.stdin.write("measure\n")  # type: ignore[union-attr]
-            c.stdin.flush()  # type: ignore[union-attr]
-        cpu0, t0 = cpu_s(server.pid), time.monotonic()
-        time.sleep(args.seconds)
-        cpu1, t1 = cpu_s(server.pid), time.monotonic()
-        rss = rss_kb(server.pid)
+
+    def ready(self) -> int:
+        """Wait until every client has connected (or failed); return how many failed."""
+        return sum(json.loads(self._read(c))["failed"] for c in self.procs)
+
+    def _read(self, proc: subprocess.Popen[str]) -> str:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, "a client process exited"
+        return line
+
+    def _say(self, word: str) -> None:
+        for c in self.procs:
+            assert c.stdin is not None
+            c.stdin.write(word + "\n")
+            c.stdin.flush()
+
+    def measure(self) -> None:
+        """Zero the counters: what is reported next is counted from now."""
+        self._say("measure")
+
+    def report(self) -> dict[str, Any]:
+        """Totals since measure(); the next measure() starts a new interval."""
+        self._say("report")
         totals: dict[str, Any] = {
             "frames": 0,
             "bytes": 0,
             "events": 0,
             "lat": [],
+            "lat_org": [],
             "wire": 0,
             "sampled_wire": 0,
         }
-        for c in clients:
-            c.stdin.write("report\n")  # type: ignore[union-attr]
-            c.stdin.flush()  # type: ignore[union-attr]
-            got = json.loads(c.stdout.readline())  # type: ignore[union-attr]
+        for c in self.procs:
+            got = json.loads(self._read(c))
             for k in ("frames", "bytes", "events", "wire", "sampled_wire"):
                 totals[k] += got[k]
             totals["lat"] += got["lat"]
+            totals["lat_org"] += got["lat_org"]
         # Sampled clients counted their frames; the others' frames are their bytes over the
         # sampled mean wire size of a frame.
         if totals["frames"]:
             totals["frames"] += round(totals["wire"] * totals["frames"] / totals["sampled_wire"])
             totals["bytes"] += totals["wire"]
+        return totals
+
+    def close(self) -> None:
+        for c in self.procs:
+            stop(c, signal.SIGKILL)
+
+
+def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
+    port = free_port()
+    cmd = [
+        sys.executable,
+        *("-m", "benchmarks.ws_load", "--role", "server", "--server", name, "--port", str(port)),
+        *("--rate", str(args.rate), "--orgs", str(args.orgs), "--keys", str(args.keys)),
+        *("--frame-bytes", str(frame_bytes), "--window-ms", str(args.window_ms)),
+    ]
+    server = subprocess.Popen(cmd, cwd=ROOT, env=ENV)
+    clients: Clients | None = None
+    try:
+        wait_port(port, server, f"{name} server")
+        rss_before = rss_kb(server.pid)
+        clients = Clients(name, port, args.clients, args.client_procs, args.orgs)
+        failed = clients.ready()
+        time.sleep(1.0)
+        idle_kb = (rss_kb(server.pid) - rss_before) / max(1, args.clients - failed)
+        os.kill(server.pid, signal.SIGUSR1)  # start generating
+        time.sleep(args.warmup)
+        clients.measure()
+        cpu0, t0 = cpu_s(server.pid), time.monotonic()
+        time.sleep(args.seconds)
+        cpu1, t1 = cpu_s(server.pid), time.monotonic()
+        rss = rss_kb(server.pid)
+        totals = clients.report()
         dt = t1 - t0
         connected = args.clients - failed
         per_conn_frames_s = {"naive": args.rate / args.orgs}.get(name, 20.0)
@@ -545,17 +588,9 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
             idle_kb_per_conn=round(idle_kb, 1),
         )
     finally:
-        for c in clients:
-            if c.poll() is None:
-                os.kill(c.pid, signal.SIGKILL)
-            c.wait()
-        if server.poll() is None:
-            os.kill(server.pid, signal.SIGTERM)
-            try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                os.kill(server.pid, signal.SIGKILL)
-                server.wait()
+        if clients is not None:
+            clients.close()
+        stop(server)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -573,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--first", type=int, default=0)
     p.add_argument("--count", type=int, default=0)
+    p.add_argument("--orgs-file", help="clients: a JSON list, the org of each client by index")
     p.add_argument("--frame-bytes", type=int, default=0)
     p.add_argument(
         "--window-ms",
