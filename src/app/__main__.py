@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import getpass
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .settings import Settings, SettingsError
 
@@ -37,10 +38,21 @@ def login_hint(settings: Settings) -> str:
     )
 
 
+def check_workers(settings: Settings) -> None:
+    """Refuse several workers without Redis, where each would serve as if it were alone."""
+    if settings.workers > 1 and not settings.redis_url:
+        raise SettingsError(
+            f"WORKERS={settings.workers} needs REDIS_URL: without Redis every worker process keeps "
+            "its own realtime fan-out and connection caps, so a subscriber would miss the events "
+            "published through another worker and the caps would count per process. "
+            "Set REDIS_URL, or run one worker."
+        )
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
-    from . import accounts, logs
+    from . import accounts, auth, logs
     from .main import create_app
 
     logs.configure(settings.log_level)
@@ -59,12 +71,14 @@ def serve(settings: Settings) -> None:
         )
     if has_demo:
         print(login_hint(settings), flush=True)
-    uvicorn.run(
-        create_app(settings),
+    if settings.jwt_secret is None:
+        # Made here, before any worker starts, so workers only ever read the file.
+        auth.load_or_create_secret(settings.data_dir)
+    options: dict[str, Any] = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        log_config=None,  # keep the JSON handler installed above
+        log_config=None,  # keep the JSON handler installed above (workers install their own)
         access_log=False,  # the request-context middleware logs one structured line per request
         server_header=False,
         # Our protocol class writes a prepared frame to every socket without ASGI's per-message
@@ -73,12 +87,40 @@ def serve(settings: Settings) -> None:
         ws_per_message_deflate=False,
         timeout_graceful_shutdown=5,  # SIGTERM: clients get 1012 at once; stragglers are cut
     )
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)
+        return
+    # uvicorn spawns fresh interpreters sharing the bound socket; each imports this factory and
+    # builds its app from the same environment. On SIGTERM the parent passes it to every worker.
+    uvicorn.run(
+        "app.main:create_app_from_env",
+        factory=True,
+        workers=settings.workers,
+        **options,
+    )
+
+
+def _worker_count(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not an integer > 0")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="migrate, seed the demo into an empty database, run the server")
+    p = sub.add_parser(
+        "serve", help="migrate, seed the demo into an empty database, run the server"
+    )
+    p.add_argument(
+        "--workers",
+        type=_worker_count,
+        help="worker processes (default: WORKERS, else 1); more than one needs REDIS_URL",
+    )
     p = sub.add_parser("create-org", help="create an organisation")
     p.add_argument("--name", required=True)
     p = sub.add_parser("create-user", help="create a user in an org")
@@ -104,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        if args.workers is not None:
+            settings = dataclasses.replace(settings, workers=args.workers)
+        try:
+            check_workers(settings)
+        except SettingsError as exc:
+            print(f"configuration error: {exc}", file=sys.stderr)
+            return 2
         serve(settings)
         return 0
     if args.command == "watch":

@@ -12,7 +12,7 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import auth, cache, finance, health, idempotency, metrics, realtime, storage
+from . import auth, cache, finance, health, idempotency, logs, metrics, realtime, storage
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
@@ -156,3 +156,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     app.state.idempotency_stats = idempotency.Stats()
     app.state.openapi = build_document(operations, settings)
     return app
+
+
+def create_app_from_env() -> Starlette:
+    """Build the app from the environment: the factory every `serve --workers N` worker calls."""
+    settings = Settings.from_env()
+    # A worker is a freshly spawned interpreter: the parent's JSON log handler is not inherited.
+    logs.configure(settings.log_level)
+    return create_app(settings)

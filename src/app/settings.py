@@ -123,6 +123,8 @@ class Settings:
 
     host: str = "127.0.0.1"
     port: int = 4000
+    # uvicorn worker processes behind the one port; more than one needs REDIS_URL (`serve`).
+    workers: int = 1
     # SQLite under ./var is the embedded default; PostgreSQL via postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///./var/streamcore.db"
     # Optional PostgreSQL read replica: list reads go there; its lag is in the metrics.
@@ -207,6 +209,7 @@ class Settings:
         return cls(
             host=_read(env, "HOST", d.host, str),
             port=_read(env, "PORT", d.port, _port),
+            workers=_read(env, "WORKERS", d.workers, _positive_int),
             database_url=_read(env, "DATABASE_URL", d.database_url, str),
             database_replica_url=_read(
                 env, "DATABASE_REPLICA_URL", d.database_replica_url, _optional_url
