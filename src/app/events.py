@@ -30,6 +30,9 @@ class Event:
     payload: bytes
     # Lets a subscription narrowed to some properties receive only theirs (None: org-wide).
     property_id: int | None = None
+    # A state's version, rising with each write (None: unversioned). Published after commit,
+    # snapshots can arrive out of order; a channel drops one older than what it already took.
+    version: int | None = None
 
     def __post_init__(self) -> None:
         if self.conflatable and not self.key:
@@ -52,10 +55,10 @@ def fact(org_id: int, type_: str, data: Any) -> Event:
     return Event(org_id, None, False, _encode(body), _property_of(data))
 
 
-def state(org_id: int, type_: str, key: str, data: Any) -> Event:
+def state(org_id: int, type_: str, key: str, data: Any, version: int | None = None) -> Event:
     """Build a conflatable event: the latest value of the entity named by key."""
     body = {"type": type_, "orgId": org_id, "key": key, "data": data}
-    return Event(org_id, key, True, _encode(body), _property_of(data))
+    return Event(org_id, key, True, _encode(body), _property_of(data), version)
 
 
 class Publisher(Protocol):

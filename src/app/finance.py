@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
+from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
@@ -40,7 +40,7 @@ from .events import Event, Publisher, fact, state
 from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
-from .storage import expenses, property_totals, revenues, utcnow
+from .storage import expenses, properties, property_totals, revenues, utcnow
 from .validation import read_json, read_query
 
 MAX_ID = 2**63 - 1
@@ -287,18 +287,18 @@ class Ledger:
             if not await accounts.property_in_org(conn, body.property_id, who.org_id):
                 raise NotFound("Property not found.")
             row = (await conn.execute(self._insert, values)).one()
-            totals = await _bump_totals(
+            version, totals = await _bump_totals(
                 conn, self.kind, body.property_id, body.currency, body.amount_cents
             )
             record = self.record(row)
             if claim is not None:
                 # The key's record commits with the entry: a retry can never write it twice.
                 await claim.complete(conn, OrjsonResponse(record, status_code=201))
-        bus.publish_many(self.events(who.org_id, record, totals))
+        bus.publish_many(self.events(who.org_id, record, version, totals))
         return record
 
     def events(
-        self, org_id: int, record: dict[str, Any], totals: list[dict[str, Any]]
+        self, org_id: int, record: dict[str, Any], version: int, totals: list[dict[str, Any]]
     ) -> list[Event]:
         pid = record["propertyId"]
         return [
@@ -307,7 +307,8 @@ class Ledger:
                 org_id,
                 "property.totals",
                 f"property:{pid}:totals",
-                {"propertyId": pid, "totals": totals},
+                {"propertyId": pid, "version": version, "totals": totals},
+                version=version,
             ),
         ]
 
@@ -385,6 +386,12 @@ def _upsert_totals(dialect: str) -> Any:
 
 # Built once: constructing an ON CONFLICT statement costs more than executing it on SQLite.
 _UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
+_BUMP_VERSION = (
+    update(properties)
+    .where(properties.c.id == bindparam("property_id"))
+    .values(totals_version=properties.c.totals_version + 1)
+    .returning(properties.c.totals_version)
+)
 _SELECT_TOTALS = (
     select(
         property_totals.c.currency,
@@ -398,8 +405,13 @@ _SELECT_TOTALS = (
 
 async def _bump_totals(
     conn: AsyncConnection, kind: str, property_id: int, currency: str, amount: int
-) -> list[dict[str, Any]]:
-    """Add to the property's running total in this transaction; return all its currencies."""
+) -> tuple[int, list[dict[str, Any]]]:
+    """Add to the property's running total in this transaction; return its version and totals.
+
+    The version row is locked first, so concurrent writers to one property take turns: each
+    reads the totals the previous one committed, and versions order the snapshots.
+    """
+    version = (await conn.execute(_BUMP_VERSION, {"property_id": property_id})).scalar_one()
     await conn.execute(
         _UPSERT_TOTALS[conn.dialect.name],
         {
@@ -410,7 +422,7 @@ async def _bump_totals(
         },
     )
     rows = await conn.execute(_SELECT_TOTALS, {"property_id": property_id})
-    return [
+    return int(version), [
         {
             "currency": r.currency,
             "expensesCents": r.expenses_cents,

@@ -94,6 +94,8 @@ properties = Table(
     Column("org_id", Id, ForeignKey("orgs.id"), nullable=False, index=True),
     Column("name", String(200), nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
+    # Bumped with the running totals: orders their snapshots however late they are published.
+    Column("totals_version", BigInteger(), nullable=False, server_default="0"),
     UniqueConstraint("org_id", "name"),
 )
 

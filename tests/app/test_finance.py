@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
 import logging
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.errors import InvalidCursor
+from app.events import Event
 from app.finance import decode_cursor, encode_cursor
 from app.logs import JsonFormatter
 
@@ -53,8 +55,10 @@ def test_create_expense_returns_the_stored_record_and_publishes(api: Api) -> Non
     assert body["type"] == "property.totals"
     assert body["data"] == {
         "propertyId": a.property_id,
+        "version": 1,
         "totals": [{"currency": "INR", "expensesCents": 50000, "revenuesCents": 0}],
     }
+    assert totals.version == 1
 
 
 def test_running_totals_follow_every_write_per_currency(api: Api) -> None:
@@ -70,6 +74,47 @@ def test_running_totals_follow_every_write_per_currency(api: Api) -> None:
     ]
     kinds = [orjson.loads(e.payload)["type"] for e in api.events]
     assert kinds.count("expense.created") == 3 and kinds.count("revenue.created") == 1
+
+
+def test_concurrent_writes_take_turns_and_their_versions_order_the_snapshots(
+    database_url: str,
+) -> None:
+    """Each snapshot holds exactly the writes before it: version v of n writes of 7 is 7·v."""
+    from app import accounts, storage
+    from app.auth import Principal
+    from app.finance import EXPENSES, ExpenseIn
+
+    published: list[Event] = []
+
+    class Bus:
+        def publish(self, event: Event) -> None:
+            published.append(event)
+
+        def publish_many(self, events: Any) -> None:
+            published.extend(events)
+
+    async def run() -> int:
+        engine = storage.create_engine(database_url)
+        try:
+            await storage.migrate(engine)
+            async with engine.begin() as conn:
+                org = await accounts.create_org(conn, "Acme")
+                user = await accounts.create_user(conn, org, "a@example.com", "pw-long-enough")
+                prop = await accounts.create_property(conn, org, "Main")
+            who = Principal(user, org, "a@example.com")
+            body = ExpenseIn.model_validate({**SEED_EXPENSE, "propertyId": prop, "amountCents": 7})
+            await asyncio.gather(*(EXPENSES.create(engine, Bus(), who, body) for _ in range(20)))
+            return prop
+        finally:
+            await engine.dispose()
+
+    prop = asyncio.run(run())
+    states = [e for e in published if e.conflatable]
+    assert sorted(e.version for e in states) == list(range(1, 21))  # type: ignore[type-var]
+    for e in states:
+        data = orjson.loads(e.payload)["data"]
+        assert data["propertyId"] == prop and data["version"] == e.version
+        assert data["totals"][0]["expensesCents"] == 7 * data["version"]
 
 
 def test_create_revenue(api: Api) -> None:

@@ -100,6 +100,7 @@ def _realtime(snap: Snapshot) -> dict[str, Any]:
         "resumes": c.get("realtime_resumes", 0),
         "resets": c.get("realtime_resets", 0),
         "fanout_interruptions": c.get("realtime_fanout_interruptions", 0),
+        "stale_states_dropped": c.get("realtime_stale_dropped", 0),
     }
 
 

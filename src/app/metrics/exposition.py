@@ -43,6 +43,11 @@ REALTIME_COUNTERS = (
     ("realtime_resumes", "realtime_resumes", "Streams resumed from history."),
     ("realtime_resets", "realtime_resets", "Streams told to reset."),
     ("realtime_fanout_interruptions", "realtime_fanout_interruptions", "Fan-out interruptions."),
+    (
+        "realtime_stale_states_dropped",
+        "realtime_stale_dropped",
+        "State events older than one already taken.",
+    ),
 )
 REFUSALS = ("user_cap", "org_cap", "auth", "bad_request")
 IDEMPOTENCY_COUNTERS = (

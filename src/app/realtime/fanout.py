@@ -26,14 +26,15 @@ OUTBOX_MAX = 100_000  # events waiting for Redis; ~10 s at 10,000 events/s
 
 
 def encode(event: Event) -> bytes:
-    head = [event.org_id, event.property_id, event.key, event.conflatable]
+    head = [event.org_id, event.property_id, event.key, event.conflatable, event.version]
     return orjson.dumps(head) + b"\n" + event.payload
 
 
 def decode(message: bytes) -> Event:
     head, _, payload = message.partition(b"\n")
-    org_id, property_id, key, conflatable = orjson.loads(head)
-    return Event(org_id, key, conflatable, payload, property_id)
+    org_id, property_id, key, conflatable, *rest = orjson.loads(head)
+    # Four fields: from an instance older than versions (during a rolling deploy).
+    return Event(org_id, key, conflatable, payload, property_id, rest[0] if rest else None)
 
 
 class RedisFanout:

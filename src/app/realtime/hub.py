@@ -49,6 +49,7 @@ class RealtimeMetrics:
     resumes: int = 0
     resets: int = 0
     fanout_interruptions: int = 0
+    stale_dropped: int = 0  # versioned states older than one the channel already took
 
 
 class Frame:
@@ -129,6 +130,7 @@ class Channel:
         self.history: deque[Frame] = deque(maxlen=history_frames)
         self.subscribers: dict[Codec, set[Any]] = {}
         self.opened_ms: float | None = None  # first event of the pending window (metrics)
+        self.versions: dict[str, int] = {}  # the newest version taken, per versioned key
 
     @property
     def name(self) -> str:
@@ -261,6 +263,11 @@ class Hub:
         for ch in channels:
             if ch.properties is not None and prop not in ch.properties:
                 continue
+            if event.version is not None and event.key is not None:
+                if event.version <= ch.versions.get(event.key, -1):
+                    self.metrics.stale_dropped += 1
+                    continue  # a newer snapshot of this entity is already in the stream
+                ch.versions[event.key] = event.version
             ch.conflator.push(
                 event.key if event.conflatable else None, event.payload, event.conflatable
             )

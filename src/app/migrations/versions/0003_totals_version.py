@@ -1,0 +1,28 @@
+"""A version per property's running totals, bumped in every write's transaction.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-11-29
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("properties") as batch:
+        batch.add_column(
+            sa.Column("totals_version", sa.BigInteger(), nullable=False, server_default="0")
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("properties") as batch:
+        batch.drop_column("totals_version")

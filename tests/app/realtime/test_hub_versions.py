@@ -1,0 +1,87 @@
+"""Versioned states: a channel never takes a snapshot older than one it already took."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from app.events import Event, state
+from app.realtime import fanout
+from app.realtime.hub import Frame, Hub
+from streamcore import Codec
+
+
+class Socket:
+    """Stands in for a connection: the hub only calls deliver and send_control."""
+
+    def __init__(self, org_id: int) -> None:
+        self.id, self.org_id, self.codec, self.channel = "c1", org_id, Codec.NONE, None
+        self.frames: list[Frame] = []
+
+    def deliver(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+    def send_control(self, frame: Frame) -> None:
+        pass
+
+
+def totals(version: int, cents: int) -> Event:
+    data = {"propertyId": 1, "version": version, "totals": [{"expensesCents": cents}]}
+    return state(1, "property.totals", "property:1:totals", data, version=version)
+
+
+def delivered(
+    events: list[Event], properties: frozenset[int] | None = None, window_every: int = 2
+) -> tuple[list[Any], int]:
+    """The events' data as delivered, and how many the hub dropped as stale."""
+
+    async def run() -> tuple[list[Any], int]:
+        hub = Hub(
+            window_min_ms=5,
+            window_max_ms=5,
+            compression_threshold=1024,
+            zstd_level=1,
+            history_frames=10,
+            history_age_s=60,
+        )
+        hub.bind(asyncio.get_running_loop())
+        sock = Socket(org_id=1)
+        hub.subscribe(sock, properties, None, None)
+        for i, event in enumerate(events):
+            hub.ingest(event)
+            if i % window_every == window_every - 1:  # the next events open a new window
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(0.05)
+        hub.close()
+        got = [orjson.loads(p)["data"] for f in sock.frames for p in f.payloads]
+        return got, hub.metrics.stale_dropped
+
+    return asyncio.run(run())
+
+
+@pytest.mark.parametrize("properties", [None, frozenset({1})])
+def test_a_late_older_snapshot_is_dropped_in_the_same_window_and_across_windows(
+    properties: frozenset[int] | None,
+) -> None:
+    got, dropped = delivered(
+        [totals(2, 20), totals(1, 10), totals(3, 30), totals(1, 10)], properties
+    )
+    assert [d["version"] for d in got] == [2, 3]
+    assert dropped == 2
+
+
+def test_in_order_snapshots_all_pass_and_unversioned_states_are_untouched() -> None:
+    plain = Event(1, "property:1:totals", True, b'{"data": {"version": 0}}')
+    got, dropped = delivered([totals(1, 10), totals(2, 20), plain], window_every=1)
+    assert [d["version"] for d in got] == [1, 2, 0]
+    assert dropped == 0
+
+
+def test_the_version_crosses_the_fanout_and_old_messages_still_decode() -> None:
+    event = totals(4, 40)
+    assert fanout.decode(fanout.encode(event)) == event
+    old = orjson.dumps([1, 1, "property:1:totals", True]) + b"\n" + event.payload
+    assert fanout.decode(old).version is None
