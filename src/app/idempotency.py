@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import storage
+from . import redis_client, storage
 from .settings import Settings
 from .storage import idempotency_records as T
 
@@ -497,7 +497,5 @@ def open_store(
         return db, None
     timeout = settings.idempotency_redis_timeout_ms / 1000
     # Short timeouts: a hung Redis costs a request at most this before the database answers.
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+    client = redis_client.connect(settings.redis_url, timeout=timeout, connect_timeout=timeout)
     return RedisStore(client, db, settings.idempotency_redis_prefix), client

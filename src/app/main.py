@@ -5,14 +5,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import auth, cache, finance, health, idempotency, logs, metrics, realtime, storage
+from . import (
+    auth,
+    cache,
+    finance,
+    health,
+    idempotency,
+    logs,
+    metrics,
+    realtime,
+    redis_client,
+    storage,
+)
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
@@ -95,9 +105,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings.token_ttl_s,
             )
             if settings.redis_url:
-                client = aioredis.Redis.from_url(
-                    settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-                )
+                client = redis_client.connect(settings.redis_url, timeout=1.0)
                 stack.push_async_callback(client.aclose)
                 app.state.redis = client
 

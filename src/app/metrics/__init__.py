@@ -16,12 +16,12 @@ from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any
 
-import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import redis_client
 from ..errors import Unauthorized
 from ..openapi import Operation
 from ..responses import OrjsonResponse
@@ -259,9 +259,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> None:
     app.state.metrics_publisher = None
     if not settings.redis_url:
         return
-    client = aioredis.Redis.from_url(
-        settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0
-    )
+    client = redis_client.connect(settings.redis_url, timeout=1.0)
     stack.push_async_callback(client.aclose)
     publisher = Publisher(
         client,

@@ -6,8 +6,7 @@ import asyncio
 from contextlib import AsyncExitStack
 from typing import Any
 
-import redis.asyncio as aioredis
-
+from .. import redis_client
 from ..settings import Settings
 from .caps import LocalCaps, RedisCaps
 from .connections import CLOSE_SHUTDOWN
@@ -36,9 +35,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
     stack.callback(hub.close)
 
     if settings.redis_url:
-        client = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=2.0, socket_connect_timeout=1.0
-        )
+        client = redis_client.connect(settings.redis_url, timeout=2.0)
         stack.push_async_callback(client.aclose)
         caps: Any = RedisCaps(
             client,

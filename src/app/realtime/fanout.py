@@ -18,6 +18,7 @@ from collections.abc import Callable
 import orjson
 import redis.asyncio as aioredis
 
+from .. import redis_client
 from ..events import Event
 
 log = logging.getLogger("app.realtime")
@@ -51,7 +52,7 @@ class RedisFanout:
         self.prefix = prefix
         self._ingest = ingest
         self._on_interrupted = on_interrupted
-        self._pub = aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=2.0)
+        self._pub = redis_client.connect(url, timeout=2.0)
         self._outbox: deque[Event] = deque()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
