@@ -26,16 +26,41 @@ log = logging.getLogger("app.realtime")
 OUTBOX_MAX = 100_000  # events waiting for Redis; ~10 s at 10,000 events/s
 
 
-def encode(event: Event) -> bytes:
-    head = [event.org_id, event.property_id, event.key, event.conflatable, event.version]
-    return orjson.dumps(head) + b"\n" + event.payload
+def encode(events: list[Event]) -> bytes:
+    """One message for events of one org: a JSON line of heads, then the payloads back to back.
+
+    One PUBLISH per org and batch, not per event: each instance then parses one header per
+    batch, which halves the fan-out's CPU per event at thousands of events a second.
+    """
+    heads = [
+        [e.org_id, e.property_id, e.key, e.conflatable, e.version, len(e.payload)] for e in events
+    ]
+    return orjson.dumps(heads) + b"\n" + b"".join(e.payload for e in events)
 
 
-def decode(message: bytes) -> Event:
-    head, _, payload = message.partition(b"\n")
-    org_id, property_id, key, conflatable, *rest = orjson.loads(head)
-    # Four fields: from an instance older than versions (during a rolling deploy).
-    return Event(org_id, key, conflatable, payload, property_id, rest[0] if rest else None)
+def decode(message: bytes) -> list[Event]:
+    head, _, body = message.partition(b"\n")
+    heads = orjson.loads(head)
+    if heads and not isinstance(heads[0], list):
+        # One event, four or five fields: from an older instance, during a rolling deploy.
+        org_id, property_id, key, conflatable, *rest = heads
+        return [Event(org_id, key, conflatable, body, property_id, rest[0] if rest else None)]
+    events = []
+    at = 0
+    for org_id, property_id, key, conflatable, version, size in heads:
+        events.append(Event(org_id, key, conflatable, body[at : at + size], property_id, version))
+        at += size
+    if at != len(body):
+        raise ValueError(f"fan-out message: {len(body) - at} bytes beyond its events")
+    return events
+
+
+def by_org(events: list[Event]) -> dict[int, list[Event]]:
+    """Group events by org, keeping each org's order (the only order a channel has)."""
+    groups: dict[int, list[Event]] = {}
+    for e in events:
+        groups.setdefault(e.org_id, []).append(e)
+    return groups
 
 
 class RedisFanout:
@@ -74,8 +99,8 @@ class RedisFanout:
     async def publish_now(self, events: list[Event]) -> None:
         """Publish and wait; raises if Redis cannot take them (the publish endpoint's 503)."""
         async with self._pub.pipeline(transaction=False) as pipe:
-            for event in events:
-                pipe.publish(self.channel(event.org_id), encode(event))
+            for org_id, group in by_org(events).items():
+                pipe.publish(self.channel(org_id), encode(group))
             await pipe.execute()
 
     async def _sender(self) -> None:
@@ -111,7 +136,8 @@ class RedisFanout:
                     if message.get("type") != "pmessage":
                         continue
                     try:
-                        self._ingest(decode(message["data"]))
+                        for event in decode(message["data"]):
+                            self._ingest(event)
                     except Exception:
                         log.exception("bad fan-out message")
             except asyncio.CancelledError:
