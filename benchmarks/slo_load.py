@@ -36,7 +36,6 @@ import os
 import random
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,61 +69,6 @@ def pct(values: list[float], q: float) -> float | None:
 
 
 # -- the WebSocket clients -------------------------------------------------------------------------
-
-
-def decode(self: ws_load.Counter, payload: bytes) -> None:
-    """Time every event of a frame: quotes from data.ts, finance records from their createdAt.
-
-    ws_load's own decode assumes every event has data.ts; the finance events (expense.created,
-    property.totals) have none, so its sampled clients would fail on the first one.
-    Latency samples are tagged +org for quotes and -org for finance records.
-    """
-    from streamcore.protocol import decode_frame
-
-    now = time.time()
-    frame = decode_frame(payload)
-    if frame.kind != 0:
-        return
-    for item in frame.events:
-        self.stats["events"] += 1
-        data = item.get("data")
-        if not isinstance(data, dict):
-            continue
-        if "ts" in data:
-            self.stats["lat"].append(now - data["ts"])
-            self.stats["lat_org"].append(self.org)
-        elif "createdAt" in data:
-            created = dt.datetime.fromisoformat(data["createdAt"])
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=dt.UTC)
-            self.stats["lat"].append(now - created.timestamp())
-            self.stats["lat_org"].append(-self.org)
-
-
-class Subscribers(ws_load.Clients):
-    """ws_load's client processes, started through this module so they decode with `decode`."""
-
-    def __init__(self, port: int, total: int, procs: int, orgs_file: str) -> None:
-        self.total = total
-        self.procs = []
-        per = -(-total // procs)
-        for i in range(procs):
-            cmd = [
-                *(sys.executable, "-m", "benchmarks.slo_load", "--role", "clients"),
-                *("--server", "streamcore", "--port", str(port), "--orgs", "1"),
-                *("--first", str(i * per), "--count", str(min(per, total - i * per))),
-                *("--orgs-file", orgs_file),
-            ]
-            self.procs.append(
-                subprocess.Popen(
-                    cmd,
-                    cwd=ws_load.ROOT,
-                    env=ws_load.ENV,
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-            )
 
 
 # -- the HTTP load ---------------------------------------------------------------------------------
@@ -415,7 +359,7 @@ async def drive_load(
     token: str,
     metrics_token: str,
     args: argparse.Namespace,
-    subscribers: Subscribers,
+    subscribers: ws_load.Clients,
     server_pid: int,
 ) -> dict[str, Any]:
     limits = httpx2.Limits(max_connections=64, max_keepalive_connections=64)
@@ -519,7 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log = Path(work) / "server.log"
         # `exec` keeps the server's pid the one api_load.server() stops; stderr is its log.
         argv = ["/bin/sh", "-c", 'exec "$0" -m app serve 2>"$1"', sys.executable, str(log)]
-        subscribers: Subscribers | None = None
+        subscribers: ws_load.Clients | None = None
         try:
             with api_load.server(argv, env, f"{base}/readyz", work) as proc:
                 login = httpx2.post(
@@ -535,7 +479,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 orgs_file = Path(work) / "orgs.json"
                 orgs_file.write_text(json.dumps([org] * args.clients))
                 t0 = time.monotonic()
-                subscribers = Subscribers(port, args.clients, CLIENT_PROCS, str(orgs_file))
+                subscribers = ws_load.Clients(
+                    "streamcore", port, args.clients, CLIENT_PROCS, 1, str(orgs_file)
+                )
                 failed = subscribers.ready()
                 connect_s = time.monotonic() - t0
                 out = asyncio.run(
@@ -699,9 +645,6 @@ def _overrun(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:2] == ["--role", "clients"]:
-        ws_load.Counter.decode = decode  # type: ignore[method-assign]
-        return ws_load.main(argv)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=30.0, help="measured window (default 30)")
     p.add_argument("--rate", type=float, default=60.0, help="finance requests/s (default 60)")

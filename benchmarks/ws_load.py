@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import os
 import signal
@@ -328,9 +329,17 @@ class Counter(asyncio.Protocol):
 
             items = orjson.loads(zstandard.ZstdDecompressor().decompress(payload))
         for item in items:
-            self.stats["lat"].append(now - item["data"]["ts"])
-            self.stats["lat_org"].append(self.org)
             self.stats["events"] += 1
+            data = item.get("data")
+            if not isinstance(data, dict):
+                continue
+            if "ts" in data:  # a generated event: its creation time
+                self.stats["lat"].append(now - data["ts"])
+                self.stats["lat_org"].append(self.org)
+            elif "createdAt" in data:  # a finance record: its commit time; tagged -org
+                created = dt.datetime.fromisoformat(data["createdAt"])
+                self.stats["lat"].append(now - created.timestamp())
+                self.stats["lat_org"].append(-self.org)
 
 
 def client_orgs(args: argparse.Namespace) -> list[int]:
@@ -351,7 +360,7 @@ def run_clients(args: argparse.Namespace) -> None:
             "bytes": 0,
             "events": 0,
             "lat": [],
-            "lat_org": [],  # the org of each latency sample, in the same order
+            "lat_org": [],  # each latency sample's org (negative: a finance record), in order
             "failed": 0,
             "wire": 0,
             "sampled_wire": 0,
