@@ -1,0 +1,152 @@
+"""Idle channels cost the flusher nothing: it touches only the channels whose window is due.
+
+The hub runs on a loop whose clock the test moves in 1 ms ticks, so the flush schedule is exact
+and can be compared between a hub with no idle channels and one with thousands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from app.events import Event
+from app.realtime.hub import Hub
+
+IDLE = 10_000
+HOT = (1, 2, 3)  # org ids with traffic; idle orgs are numbered from 1000 up
+
+
+class Timer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class ManualLoop:
+    """The loop calls the hub makes (time, call_at, call_later), on a clock the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.timers: list[Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return self.call_at(self.now + delay, callback)
+
+    def tick(self, seconds: float = 0.001) -> None:
+        """Move the clock on; run the timers now due (one due again goes in the next tick)."""
+        self.now += seconds
+        due = [t for t in self.timers if t.when <= self.now and not t.cancelled]
+        self.timers = [t for t in self.timers if t.when > self.now and not t.cancelled]
+        for timer in sorted(due, key=lambda t: t.when):
+            timer.callback()
+
+
+class Watched:
+    """A channel's conflator that counts every use: an idle channel's must stay at zero."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.uses = inner, 0
+
+    def __len__(self) -> int:
+        self.uses += 1
+        return len(self.inner)
+
+    def __getattr__(self, name: str) -> Any:
+        self.uses += 1
+        return getattr(self.inner, name)
+
+
+def event(org: int, key: str, n: int) -> Event:
+    return Event(org, key, True, orjson.dumps({"type": "quote", "orgId": org, "key": key, "n": n}))
+
+
+def new_hub(loop: ManualLoop) -> tuple[Hub, list[tuple[float, int]]]:
+    hub = Hub(
+        window_min_ms=30,
+        window_max_ms=150,
+        compression_threshold=1024,
+        zstd_level=1,
+        history_frames=100,
+        history_age_s=600,
+    )
+    hub.bind(loop)  # type: ignore[arg-type]
+    flushes: list[tuple[float, int]] = []  # (ms since the hot traffic began, frames built)
+    flush_due = hub.flush_due
+
+    def logged() -> int:
+        built = flush_due()
+        flushes.append((hub.now_ms(), built))
+        return built
+
+    hub.flush_due = logged  # type: ignore[method-assign]
+    return hub, flushes
+
+
+def prime_idle(hub: Hub, loop: ManualLoop, count: int) -> list[Watched]:
+    """Give `count` orgs a channel holding one flushed frame, then watch their conflators."""
+    for org in range(1000, 1000 + count):
+        hub.ingest(event(org, "k0", 0))
+    for _ in range(200):
+        loop.tick()
+    assert len(hub.scheduler) == 0, "every idle window flushed"
+    watched = []
+    for org in range(1000, 1000 + count):
+        ch = hub.channel((org, None), create=False)
+        assert ch is not None and ch.seq == 1
+        watched.append(Watched(ch.conflator))
+        ch.conflator = watched[-1]  # type: ignore[assignment]
+    return watched
+
+
+def hot_traffic(hub: Hub, loop: ManualLoop, flushes: list[tuple[float, int]]) -> list[Any]:
+    """Two seconds of events to HOT (org 1 busiest); return the flush schedule they caused."""
+    start = hub.now_ms()
+    flushes.clear()
+    for ms in range(2000):
+        for org in HOT:
+            if ms % org == 0:  # org 1 every ms, org 2 every 2 ms, org 3 every 3 ms
+                hub.ingest(event(org, f"k{ms % 50}", ms))
+        loop.tick()
+    for _ in range(200):
+        loop.tick()
+    return [(round(t - start, 3), built) for t, built in flushes]
+
+
+def test_flush_schedule_and_work_do_not_depend_on_idle_channels() -> None:
+    quiet_loop = ManualLoop()
+    quiet, quiet_flushes = new_hub(quiet_loop)
+    baseline = hot_traffic(quiet, quiet_loop, quiet_flushes)
+
+    loop = ManualLoop()
+    hub, flushes = new_hub(loop)
+    watched = prime_idle(hub, loop, IDLE)
+    schedule = hot_traffic(hub, loop, flushes)
+
+    assert sum(built for _, built in baseline) > 20  # the hot orgs really flushed
+    assert schedule == baseline  # same flushes, at the same times, building the same frames
+    assert sum(w.uses for w in watched) == 0  # and no idle channel was looked into
+    assert len(hub._channels) == IDLE + len(HOT)
+
+
+def test_idle_channels_arm_no_flush_timer() -> None:
+    loop = ManualLoop()
+    hub, flushes = new_hub(loop)
+    watched = prime_idle(hub, loop, 1000)
+    flushes.clear()
+    for _ in range(290):  # just under the first sweep (history_age_s / 2 = 300 s)
+        loop.tick(1.0)
+    assert flushes == []
+    assert [t.callback for t in loop.timers] == [hub._sweep_timer]  # only the sweeper waits
+    assert sum(w.uses for w in watched) == 0
