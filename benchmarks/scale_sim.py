@@ -560,7 +560,7 @@ def measure_step(
         return float(s1[key] - s0[key])
 
     samples = list(zip(totals["lat"], totals["lat_org"], strict=True))
-    hot = [x for x, org in samples if org <= args.hot]
+    hot = [x for x, org in samples if 0 < org <= args.hot]
     rest = [x for x, org in samples if args.hot < org <= args.active]
     added = max(1, primed["channels"] - before["channels"])
     events = d("events_in")
