@@ -59,6 +59,7 @@ import os
 import random
 import resource
 import selectors
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -325,7 +326,7 @@ def serve(args: argparse.Namespace) -> None:
 
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes to stderr, not into the reply stream
-    tmp = tempfile.mkdtemp(prefix="scale_sim_")
+    tmp = tempfile.mkdtemp(prefix="scale_sim_db_")
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp}/db.sqlite",
         data_dir=tmp,
@@ -382,7 +383,10 @@ def serve(args: argparse.Namespace) -> None:
             server.should_exit = True
             await serving
 
-    uvloop.run(main())
+    try:
+        uvloop.run(main())
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- the clients --------------------------------------------------------------------------------
