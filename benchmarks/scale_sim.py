@@ -188,7 +188,7 @@ class Simulation:
         self.app.state.events.publish(self.Event(org, key, True, self.orjson.dumps(body)))
 
     def active_channels(self) -> int:
-        return sum(1 for org in range(1, self.args.active + 1) if org in self.hub._org_channels)
+        return sum(1 for org in range(1, self.args.active + 1) if (org, None) in self.hub._channels)
 
     async def prime(self, target: int) -> dict[str, Any]:
         """Give idle orgs channels until `target` idle orgs have one; wait for their flush."""
@@ -198,7 +198,7 @@ class Simulation:
         while added < need and self.next_idle <= self.args.orgs:
             org = self.next_idle
             self.next_idle += 1
-            if org in self.hub._org_channels:  # an idle org with subscribers
+            if (org, None) in self.hub._channels:  # an idle org with subscribers
                 continue
             self.publish(org, "k0")
             added += 1

@@ -64,13 +64,13 @@ class Frame:
         seq: int,
         kind: int,
         payloads: list[bytes] | None,
-        data: dict[Codec, bytes] | None = None,
+        data: dict[int, bytes] | None = None,
         t: float = 0.0,
     ) -> None:
         self.seq = seq
         self.kind = kind
         self._payloads = payloads
-        self._data: dict[Codec, bytes] = data or {}
+        self._data: dict[int, bytes] = data or {}
         self._wire: dict[Codec, bytes] = {}
         self._keys: list[str | None] | None = None
         self.t = t
@@ -105,7 +105,10 @@ class Frame:
         """The protocol frame for this codec (docs/PROTOCOL.md)."""
         frame = self._data.get(codec)
         if frame is None:
-            frame = self._data[codec] = encoder.encode(self.seq, self.payloads, codec, self.kind)
+            # Int keys (not the enum) keep the dict of bytes untracked by the collector.
+            frame = self._data[int(codec)] = encoder.encode(
+                self.seq, self.payloads, codec, self.kind
+            )
         return frame
 
     def wire(self, codec: Codec, encoder: FrameEncoder) -> bytes:
@@ -120,6 +123,20 @@ class Frame:
 class Channel:
     """An org's stream (or a narrowing of it to some properties): seq, window, history."""
 
+    __slots__ = (
+        "conflator",
+        "epoch",
+        "history",
+        "key",
+        "opened_ms",
+        "org_id",
+        "properties",
+        "sched_id",
+        "seq",
+        "subscribers",
+        "versions",
+    )
+
     def __init__(self, sched_id: int, key: ChannelKey, history_frames: int) -> None:
         self.sched_id = sched_id
         self.key = key
@@ -128,7 +145,9 @@ class Channel:
         # channel mean nothing here, and a resume naming them gets `reset`, not a silent gap.
         self.epoch = secrets.token_hex(6)
         self.seq = 0
-        self.conflator = Conflator()
+        # None while the channel is idle: the sweeper frees it, the next event makes a new one.
+        # At 100,000 channels the collector's full pass grows with every object a channel keeps.
+        self.conflator: Conflator | None = Conflator()
         self.history: deque[Frame] = deque(maxlen=history_frames)
         self.subscribers: dict[Codec, set[Any]] = {}
         self.opened_ms: float | None = None  # first event of the pending window (metrics)
@@ -140,6 +159,9 @@ class Channel:
             return f"org:{self.org_id}"
         props = ",".join(str(p) for p in sorted(self.properties))
         return f"org:{self.org_id}/properties:{props}"
+
+    def pending(self) -> int:
+        return len(self.conflator) if self.conflator is not None else 0
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self.subscribers.values())
@@ -183,7 +205,7 @@ class Hub:
         self.delivery = Histogram()
         self._channels: dict[ChannelKey, Channel] = {}
         self._by_sched: dict[int, Channel] = {}
-        self._org_channels: dict[int, list[Channel]] = {}
+        self._narrowed: dict[int, list[Channel]] = {}  # org -> channels narrowed to properties
         self._next_sched_id = 1
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -226,15 +248,16 @@ class Hub:
         The timer sweeps in chunks of SWEEP_CHUNK channels; called alone, it sweeps them all.
         """
         horizon = self.now_ms() - self.history_age_s * 1000.0
-        stale = [
-            ch
-            for ch in (self._channels.values() if channels is None else channels)
-            if not ch.subscribers
-            and not len(ch.conflator)
-            and not self.scheduler.is_active(ch.sched_id)
-            and (not ch.history or ch.history[-1].t < horizon)
-            and self._channels.get(ch.key) is ch  # not dropped since the chunk was listed
-        ]
+        stale = []
+        for ch in self._channels.values() if channels is None else channels:
+            if ch.pending() or self.scheduler.is_active(ch.sched_id):
+                continue
+            if self._channels.get(ch.key) is not ch:
+                continue  # dropped since the chunk was listed
+            if not ch.subscribers and (not ch.history or ch.history[-1].t < horizon):
+                stale.append(ch)
+            else:
+                ch.conflator = None  # idle for now: no window open, nothing pending
         for ch in stale:
             self._drop_channel(ch)
         return len(stale)
@@ -252,7 +275,8 @@ class Hub:
             self._next_sched_id += 1
             self._channels[key] = ch
             self._by_sched[ch.sched_id] = ch
-            self._org_channels.setdefault(key[0], []).append(ch)
+            if key[1] is not None:
+                self._narrowed.setdefault(key[0], []).append(ch)
         return ch
 
     def _drop_channel(self, ch: Channel) -> None:
@@ -261,18 +285,23 @@ class Hub:
         self.scheduler.forget(ch.sched_id)
         del self._channels[ch.key]
         del self._by_sched[ch.sched_id]
-        siblings = self._org_channels[ch.org_id]
-        siblings.remove(ch)
-        if not siblings:
-            del self._org_channels[ch.org_id]
+        if ch.properties is not None:
+            siblings = self._narrowed[ch.org_id]
+            siblings.remove(ch)
+            if not siblings:
+                del self._narrowed[ch.org_id]
 
     # -- events in -----------------------------------------------------------------------------
 
     def ingest(self, event: Event) -> None:
         """Put one event into its org's channels (called by the EventBus or the fan-out)."""
-        channels = self._org_channels.get(event.org_id)
-        if channels is None:
-            channels = [self.channel((event.org_id, None))]  # type: ignore[list-item]
+        whole = self._channels.get((event.org_id, None))
+        narrowed = self._narrowed.get(event.org_id)
+        channels: Iterable[Channel]
+        if narrowed is None:
+            channels = (whole or self.channel((event.org_id, None)),)  # type: ignore[assignment]
+        else:
+            channels = narrowed if whole is None else (whole, *narrowed)
         prop = event.property_id
         now = None
         for ch in channels:
@@ -283,9 +312,11 @@ class Hub:
                     self.metrics.stale_dropped += 1
                     continue  # a newer snapshot of this entity is already in the stream
                 ch.versions[event.key] = event.version
-            ch.conflator.push(
-                event.key if event.conflatable else None, event.payload, event.conflatable
-            )
+            conflator = ch.conflator
+            if conflator is None:
+                conflator = ch.conflator = Conflator()
+            key = event.key if event.conflatable else None
+            conflator.push(key, event.payload, event.conflatable)
             if now is None:
                 now = self.now_ms()
             if ch.opened_ms is None:
@@ -330,7 +361,7 @@ class Hub:
         built = 0
         for sched_id in self.scheduler.due(now).tolist():
             ch = self._by_sched.get(sched_id)
-            if ch is None:
+            if ch is None or ch.conflator is None:
                 continue
             payloads = ch.conflator.drain()
             if payloads:
@@ -342,7 +373,7 @@ class Hub:
         ch.seq += 1
         codecs = [c for c, subs in ch.subscribers.items() if subs] or [Codec.ZSTD]
         data = self.encoder.encode_many(ch.seq, payloads, codecs)
-        frame = Frame(ch.seq, FrameKind.EVENTS, payloads, dict(data), now)
+        frame = Frame(ch.seq, FrameKind.EVENTS, payloads, {int(c): b for c, b in data.items()}, now)
         ch.history.append(frame)
         horizon = now - self.history_age_s * 1000.0
         while ch.history and ch.history[0].t < horizon:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from typing import Any
 
@@ -86,3 +87,29 @@ def test_a_sweep_of_many_channels_runs_in_chunks_and_spares_the_watched() -> Non
     assert len(steps) == 3
     assert list(hub._channels) == [(5, None)]
     assert [cb for _, cb in loop.later] == [hub._sweep_timer]  # re-armed for the next round
+
+
+def test_an_idle_channel_keeps_only_its_history_and_wakes_on_the_next_event() -> None:
+    loop = TurnLoop()
+    hub = Hub(
+        window_min_ms=30,
+        window_max_ms=30,
+        compression_threshold=1024,
+        zstd_level=1,
+        history_frames=4,
+        history_age_s=600,  # histories stay: the sweep keeps every channel
+    )
+    hub.bind(loop)  # type: ignore[arg-type]
+    for org in (1, 2):
+        hub.ingest(Event(org, "k", True, orjson.dumps({"n": 1})))
+    loop.advance(0.05)
+    assert hub.sweep() == 0
+    one = hub.channel((1, None), create=False)
+    assert one is not None and one.conflator is None  # freed: nothing pending, no window open
+    # The collector's full pass visits every tracked object: an idle channel keeps three
+    # (itself, its history deque and the frame); the frame's bytes by codec are not tracked.
+    assert not gc.is_tracked(one.history[-1]._data)
+
+    hub.ingest(Event(1, "k", True, orjson.dumps({"n": 2})))
+    loop.advance(0.05)
+    assert one.seq == 2 and [orjson.loads(p) for p in one.history[-1].payloads] == [{"n": 2}]
