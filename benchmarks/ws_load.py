@@ -232,8 +232,12 @@ def serve_floor(port: int, args: argparse.Namespace) -> None:
                 socks.setdefault(org, []).append(conn)
 
         async def flush() -> None:
+            next_at = loop.time()
             while True:
-                await asyncio.sleep(0.05)
+                # Fixed deadlines, as the generator keeps: a sleep after the sends would stretch
+                # the floor's cycle with the client count and under-count what it can deliver.
+                next_at += 0.05
+                await asyncio.sleep(max(0.0, next_at - loop.time()))
                 for org_socks in socks.values():
                     for s in org_socks:
                         with contextlib.suppress(BlockingIOError, OSError):
@@ -434,6 +438,7 @@ class Result:
     cpu_util: float
     rss_mb: float
     idle_kb_per_conn: float
+    clients_cpu: float = 0.0  # cores the client processes used: what caps a loopback run
     x_floor: float = 0.0
 
 
@@ -572,8 +577,10 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
         time.sleep(args.warmup)
         clients.measure()
         cpu0, t0 = cpu_s(server.pid), time.monotonic()
+        ccpu0 = sum(cpu_s(c.pid) for c in clients.procs)
         time.sleep(args.seconds)
         cpu1, t1 = cpu_s(server.pid), time.monotonic()
+        ccpu1 = sum(cpu_s(c.pid) for c in clients.procs)
         rss = rss_kb(server.pid)
         totals = clients.report()
         dt = t1 - t0
@@ -595,6 +602,7 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
             cpu_util=round((cpu1 - cpu0) / dt, 2),
             rss_mb=round(rss / 1024, 1),
             idle_kb_per_conn=round(idle_kb, 1),
+            clients_cpu=round((ccpu1 - ccpu0) / dt, 2),
         )
     finally:
         if clients is not None:
@@ -654,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
     head = (
         f"{'server':<12}{'clients':>8}{'frames/s':>10}{'expected':>10}{'events/s':>10}"
         f"{'MB/s':>7}{'p50':>7}{'p95':>7}{'p99 ms':>8}{'CPU µs/fr':>10}{'x floor':>8}"
-        f"{'CPU':>6}{'RSS MB':>8}{'KB/idle':>8}"
+        f"{'CPU':>6}{'RSS MB':>8}{'KB/idle':>8}{'clients CPU':>12}"
     )
     print(
         f"\nws_load: {args.clients} clients, {args.orgs} orgs, {args.rate} events/s, "
@@ -666,7 +674,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.server:<12}{r.connected:>8}{r.frames_s:>10}{r.expected_frames_s:>10}"
             f"{r.events_s:>10}{r.mbytes_s:>7}{r.p50_ms:>7}{r.p95_ms:>7}{r.p99_ms:>8}"
             f"{r.cpu_us_per_frame:>10}{r.x_floor:>8}{r.cpu_util:>6}{r.rss_mb:>8}"
-            f"{r.idle_kb_per_conn:>8}"
+            f"{r.idle_kb_per_conn:>8}{r.clients_cpu:>12}"
         )
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
