@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,12 @@ HARNESSES: list[tuple[str, str, list[str]]] = [
     ("HTTP API on loopback (embedded SQLite)", "benchmarks.api_load", []),
     ("Idempotency layer: latency added to a POST", "benchmarks.idempotency_load", []),
     ("Realtime stream on loopback", "benchmarks.ws_load", []),
+    ("The seed's SLO table under load", "benchmarks.slo_load", []),
+    ("100,000 orgs: idle channels, connections, hot orgs", "benchmarks.scale_sim", []),
+    ("Scaling curves (docs/scaling-clients.png, docs/scaling-rate.png)", "benchmarks.scaling", []),
+    ("Several workers with Redis fan-out", "benchmarks.workers_load", []),
 ]
+BUDGET_S = 15 * 60  # the whole of `make bench` on the 2-core machine
 
 
 def run_pytest(json_path: Path, args: list[str]) -> int:
@@ -47,14 +53,24 @@ def run_pytest(json_path: Path, args: list[str]) -> int:
     return subprocess.call(cmd, cwd=ROOT)
 
 
-def run_harness(module: str, args: list[str]) -> tuple[int, str]:
+@dataclass
+class HarnessRun:
+    title: str
+    module: str
+    code: int
+    text: str
+    seconds: float
+
+
+def run_harness(title: str, module: str, args: list[str]) -> HarnessRun:
     name = module.rsplit(".", 1)[-1]
     cmd = [sys.executable, "-m", module, *args, "--json", str(RESULTS / f"{name}.json")]
     print("+", " ".join(cmd), flush=True)
+    start = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     print(done.stdout, end="")
     print(done.stderr, end="", file=sys.stderr)
-    return done.returncode, done.stdout.strip()
+    return HarnessRun(title, module, done.returncode, done.stdout.strip(), time.monotonic() - start)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -76,7 +92,7 @@ def _notes(extra: dict[str, Any]) -> str:
     return "; ".join(str(p) for p in parts)
 
 
-def render(data: dict[str, Any], elapsed: float, harnesses: list[tuple[str, str, int, str]]) -> str:
+def render(data: dict[str, Any], elapsed: float, harnesses: list[HarnessRun]) -> str:
     groups: dict[str, list[dict[str, Any]]] = {}
     for bench in data["benchmarks"]:
         groups.setdefault(bench["group"] or bench["name"], []).append(bench)
@@ -84,7 +100,8 @@ def render(data: dict[str, Any], elapsed: float, harnesses: list[tuple[str, str,
     lines = [
         "# Benchmarks",
         "",
-        f"Made by `{COMMAND}` on {data.get('datetime', '?')[:19]} UTC in {elapsed:.0f} s.",
+        f"Made by `{COMMAND}` on {data.get('datetime', '?')[:19]} UTC in {elapsed:.0f} s "
+        f"(budget {BUDGET_S // 60} min: {'within' if elapsed <= BUDGET_S else 'OVER'}).",
         f"Machine: {machine.get('cpu', {}).get('brand_raw', platform.processor() or '?')}, "
         f"{machine.get('cpu', {}).get('count', '?')} cores (shared, noisy), "
         f"Python {machine.get('python_version', platform.python_version())}.",
@@ -130,9 +147,18 @@ def render(data: dict[str, Any], elapsed: float, harnesses: list[tuple[str, str,
         lines.append("")
     if verdicts:
         lines += ["## Targets", "", *verdicts, ""]
-    for title, module, code, text in harnesses:
-        status = "" if code == 0 else f" (exited {code}: see its output)"
-        lines += [f"## {title}{status}", "", f"`python -m {module}`:", "", "```", text, "```", ""]
+    for h in harnesses:
+        status = "" if h.code == 0 else f" (exited {h.code}: see its output)"
+        lines += [
+            f"## {h.title}{status}",
+            "",
+            f"`python -m {h.module}` ({h.seconds:.0f} s):",
+            "",
+            "```",
+            h.text,
+            "```",
+            "",
+        ]
     lines += [
         "Raw results: `benchmarks/results/` (pytest-benchmark's JSON for the micro-benchmarks,",
         "one JSON file per load harness).",
@@ -151,9 +177,8 @@ def main(argv: list[str]) -> int:
         return code or 1
     harnesses = []
     for title, module, args in HARNESSES:
-        harness_code, text = run_harness(module, args)
-        harnesses.append((title, module, harness_code, text))
-        code = code or harness_code
+        harnesses.append(run_harness(title, module, args))
+        code = code or harnesses[-1].code
     data = json.loads(json_path.read_text())
     for bench in data["benchmarks"]:
         bench["stats"].pop("data", None)  # every round's timing: megabytes, and the stats suffice
