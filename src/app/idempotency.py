@@ -391,9 +391,14 @@ _REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 class RedisStore:
     """Redis in front of the database store: claim + cached response in one key per caller."""
 
-    def __init__(self, client: aioredis.Redis, db: DatabaseStore, prefix: str) -> None:
+    def __init__(
+        self, client: aioredis.Redis, db: DatabaseStore, prefix: str, ttl_s: float
+    ) -> None:
         self.client = client
         self.db = db
+        # A response leaves Redis before the database forgets it; a retry after that is
+        # answered from the database record (the handler's transaction collides with it).
+        self.ttl_ms = min(_ms(ttl_s), db.ttl_ms)
         self.stats = db.stats
         self.prefix = prefix
         self._claim = client.register_script(_CLAIM_LUA)
@@ -462,7 +467,7 @@ class RedisStore:
             return
         value = b"R" + c.fingerprint.encode() + b"%03d" % stored.status + stored.headers_blob()
         try:
-            await self.client.set(self._key(c), value + b"\n" + stored.body, px=self.db.ttl_ms)
+            await self.client.set(self._key(c), value + b"\n" + stored.body, px=self.ttl_ms)
         except _REDIS_FAILURES as exc:
             self._failed(exc)
 
@@ -498,4 +503,7 @@ def open_store(
     timeout = settings.idempotency_redis_timeout_ms / 1000
     # Short timeouts: a hung Redis costs a request at most this before the database answers.
     client = redis_client.connect(settings.redis_url, timeout=timeout, connect_timeout=timeout)
-    return RedisStore(client, db, settings.idempotency_redis_prefix), client
+    store = RedisStore(
+        client, db, settings.idempotency_redis_prefix, settings.idempotency_redis_ttl_s
+    )
+    return store, client

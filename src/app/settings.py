@@ -175,6 +175,9 @@ class Settings:
     idempotency_redis_prefix: str = "streamcore:idem:"
     # Per Redis command; past it the request falls back to the database store.
     idempotency_redis_timeout_ms: int = 100
+    # Redis is the fast path for retries, the database the guarantee: Redis keeps a response for
+    # the retry window only (at most IDEMPOTENCY_TTL_S), which is what bounds its memory.
+    idempotency_redis_ttl_s: int = 3600
     # Metrics (docs/METRICS.md): optional bearer token for both endpoints; each worker publishes
     # its snapshot to Redis every interval under this prefix (expiring after three intervals).
     metrics_token: str | None = field(default=None, repr=False)  # never printed
@@ -282,6 +285,9 @@ class Settings:
             ),
             idempotency_redis_prefix=_read(
                 env, "IDEMPOTENCY_REDIS_PREFIX", d.idempotency_redis_prefix, str
+            ),
+            idempotency_redis_ttl_s=_read(
+                env, "IDEMPOTENCY_REDIS_TTL_S", d.idempotency_redis_ttl_s, _positive_int
             ),
             idempotency_redis_timeout_ms=_read(
                 env, "IDEMPOTENCY_REDIS_TIMEOUT_MS", d.idempotency_redis_timeout_ms, _positive_int

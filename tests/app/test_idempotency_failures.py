@@ -72,6 +72,29 @@ def test_redis_flushed_between_request_and_retry(
     assert rows(api) == 1
 
 
+def test_a_response_gone_from_redis_after_its_ttl_is_still_replayed_from_the_database(
+    api_factory: Any, database_url: str, redis_server: PrivateRedis
+) -> None:
+    api = api_factory(database_url, redis_url=redis_server.url, idempotency_redis_ttl_s=1)
+    a = api.tenant("Acme")
+    headers = keyed(a, new_key())
+    first = api.client.post(PATH, json=expense(a), headers=headers)
+    assert first.status_code == 201
+    client = redis_server.client()
+    (key,) = client.keys("*idem*")
+    assert 0 < client.pttl(key) <= 1000  # the Redis TTL, not the database's 24 h
+    deadline = time.monotonic() + 5
+    while client.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.exists(key)
+    retry = api.client.post(PATH, json=expense(a), headers=headers)
+    assert retry.status_code == 201
+    assert retry.headers["idempotent-replayed"] == "true"
+    assert retry.content == first.content
+    assert api.app.state.idempotency_stats.backstop_hits == 1
+    assert rows(api) == 1
+
+
 def test_redis_stopped_between_request_and_retry(
     api_factory: Any, sqlite_url: str, redis_server: PrivateRedis, caplog: Any
 ) -> None:
