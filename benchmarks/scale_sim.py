@@ -36,11 +36,12 @@ Choices the measurements led to:
 - Python's collector is timed (gc.callbacks): 100,000 channels are over a million tracked
   objects, so a full collection grows with idle channels even though flushing does not.
 - uvicorn's WebSocket pings are off: the counting clients never answer one, and uvicorn would
-  close every connection 40 s into the run. The clients are this module's own processes
-  (ws_load's protocol class): ws_load's client processes serve a single measured interval.
+  close every connection 40 s into the run. The clients are ws_load's client processes, one
+  measure/report interval per step over the same connections.
 - The `empty` column is the share of flush_due calls that found no window due. uvloop's clock
   counts whole milliseconds, so a timer set for a fractional deadline fires up to 1 ms early,
-  finds nothing, and is re-armed for the same deadline until the clock ticks over.
+  finds nothing, and was re-armed for the same deadline until the clock ticked over; the hub now
+  rounds its deadlines up to a whole millisecond, and the column shows it stays near 0.
 
     .venv/bin/python -m benchmarks.scale_sim [--orgs 100000] [--connections 4000]
         [--rate 5000] [--seconds 8] [--json out.json]
@@ -73,16 +74,12 @@ from app.realtime.hub import SWEEP_CHUNK
 from benchmarks.ws_load import (
     ENV,
     ROOT,
-    SAMPLE_EVERY,
     SECRET,
     Clients,
-    Counter,
-    client_orgs,
     free_port,
     pct,
     rss_kb,
     stop,
-    token_for,
     wait_port,
 )
 
@@ -393,78 +390,6 @@ def serve(args: argparse.Namespace) -> None:
 # -- the clients --------------------------------------------------------------------------------
 
 
-def run_clients(args: argparse.Namespace) -> None:
-    """Connect ws_load's counting clients; then `measure` / `report` on stdin, any number of times.
-
-    ws_load's own client processes answer one measure/report pair and exit; a step per idle
-    count needs one interval per step over the same connections.
-    """
-    import uvloop
-
-    keys = ("frames", "bytes", "events", "wire", "sampled_wire")
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        stats: dict[str, Any] = {k: 0 for k in keys} | {"lat": [], "lat_org": [], "failed": 0}
-        orgs = client_orgs(args)
-        tokens = {org: token_for(org) for org in set(orgs)}
-        protos = []
-        for i, org in enumerate(orgs):
-            path = f"/v2/realtime/stream?codec=zstd&access_token={tokens[org]}"
-            hs = (
-                f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-                "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                "Sec-WebSocket-Version: 13\r\n\r\n"
-            ).encode()
-            proto = Counter(stats, (args.first + i) % SAMPLE_EVERY == 0, False, hs)
-            proto.org = org
-
-            def factory(p: Counter = proto) -> Counter:
-                return p
-
-            try:
-                await loop.create_connection(factory, "127.0.0.1", args.port)
-                if not await asyncio.wait_for(proto.connected, 10):
-                    stats["failed"] += 1
-            except (OSError, TimeoutError):
-                stats["failed"] += 1
-            protos.append(proto)
-        print(json.dumps({"ready": True, "failed": stats["failed"]}), flush=True)
-        while True:
-            word = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
-            if word == "measure":
-                stats.update({k: 0 for k in keys}, lat=[], lat_org=[])
-            elif word == "report":
-                print(json.dumps(stats), flush=True)
-            else:  # end of input or "quit"
-                break
-        for proto in protos:
-            proto.transport.abort()
-
-    uvloop.run(main())
-
-
-class StepClients(Clients):
-    """ws_load's Clients, run by this module's client role (one interval per step)."""
-
-    def __init__(self, port: int, total: int, procs: int, orgs_file: str) -> None:
-        self.total = total
-        self.procs = []
-        per = -(-total // procs)
-        for i in range(procs):
-            cmd = [
-                sys.executable,
-                *("-m", "benchmarks.scale_sim", "--role", "clients", "--port", str(port)),
-                *("--orgs-file", orgs_file, "--first", str(i * per)),
-                *("--count", str(min(per, total - i * per))),
-            ]
-            self.procs.append(
-                subprocess.Popen(
-                    cmd, cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-                )
-            )
-
-
 # -- the orchestrator ----------------------------------------------------------------------------
 
 
@@ -638,7 +563,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             wait_port(port, server.proc, "server")
             base = server.ask("stats")
-            clients = StepClients(port, args.connections, args.client_procs, f.name)
+            clients = Clients("streamcore", port, args.connections, args.client_procs, 1, f.name)
             failed = clients.ready()
             time.sleep(1.0)
             connected = server.ask("stats")
@@ -781,7 +706,7 @@ def print_report(r: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--role", default="main", choices=["main", "server", "clients"])
+    p.add_argument("--role", default="main", choices=["main", "server"])
     p.add_argument("--orgs", type=int, default=100_000, help="org channels at the last step")
     p.add_argument("--active", type=int, default=1000, help="orgs the load goes to (Zipf ranks)")
     p.add_argument("--hot", type=int, default=10, help="top ranks reported as the hot orgs")
@@ -796,16 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--history-age-s", type=float, default=600.0)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--port", type=int, default=0)
-    p.add_argument("--orgs-file", help="clients: a JSON list, the org of each client by index")
-    p.add_argument("--first", type=int, default=0, help="clients: index of this process's first")
-    p.add_argument("--count", type=int, default=0, help="clients: how many this process runs")
     p.add_argument("--json")
     args = p.parse_args(argv)
     if args.role == "server":
         serve(args)
-        return 0
-    if args.role == "clients":
-        run_clients(args)
         return 0
     report = run(args)
     print_report(report)

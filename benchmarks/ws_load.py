@@ -45,6 +45,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-" + "x" * 32
+COUNTED = ("frames", "bytes", "events", "wire", "sampled_wire")
 SAMPLE_EVERY = 50  # one client in 50 decodes its frames for latency; the rest only count
 
 
@@ -393,12 +394,17 @@ def run_clients(args: argparse.Namespace) -> None:
                 stats["failed"] += 1
             protos.append(proto)
         print(json.dumps({"ready": True, "failed": stats["failed"]}), flush=True)
-        await loop.run_in_executor(None, sys.stdin.readline)  # "measure": reset the counters
-        for k in ("frames", "bytes", "events", "wire", "sampled_wire"):
-            stats[k] = 0
-        stats["lat"], stats["lat_org"] = [], []
-        await loop.run_in_executor(None, sys.stdin.readline)  # "report"
-        print(json.dumps(stats), flush=True)
+        # Any number of intervals over the same connections, until end of input or "quit".
+        while True:
+            word = (await loop.run_in_executor(None, sys.stdin.readline)).strip()
+            if word == "measure":
+                stats.update({k: 0 for k in COUNTED}, lat=[], lat_org=[])
+            elif word == "report":
+                print(json.dumps(stats), flush=True)
+            else:
+                break
+        for proto in protos:
+            proto.transport.abort()
 
     uvloop.run(main())
 
