@@ -6,51 +6,16 @@ and can be compared between a hub with no idle channels and one with thousands.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import orjson
+from hub_support import FakeLoop, make_hub
 
 from app.events import Event
 from app.realtime.hub import Hub
 
 IDLE = 10_000
 HOT = (1, 2, 3)  # org ids with traffic; idle orgs are numbered from 1000 up
-
-
-class Timer:
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when, self.callback, self.cancelled = when, callback, False
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-
-class ManualLoop:
-    """The loop calls the hub makes (time, call_at, call_later), on a clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 100.0
-        self.timers: list[Timer] = []
-
-    def time(self) -> float:
-        return self.now
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        timer = Timer(when, callback)
-        self.timers.append(timer)
-        return timer
-
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
-        return self.call_at(self.now + delay, callback)
-
-    def tick(self, seconds: float = 0.001) -> None:
-        """Move the clock on; run the timers now due (one due again goes in the next tick)."""
-        self.now += seconds
-        due = [t for t in self.timers if t.when <= self.now and not t.cancelled]
-        self.timers = [t for t in self.timers if t.when > self.now and not t.cancelled]
-        for timer in sorted(due, key=lambda t: t.when):
-            timer.callback()
 
 
 class Watched:
@@ -72,16 +37,8 @@ def event(org: int, key: str, n: int) -> Event:
     return Event(org, key, True, orjson.dumps({"type": "quote", "orgId": org, "key": key, "n": n}))
 
 
-def new_hub(loop: ManualLoop) -> tuple[Hub, list[tuple[float, int]]]:
-    hub = Hub(
-        window_min_ms=30,
-        window_max_ms=150,
-        compression_threshold=1024,
-        zstd_level=1,
-        history_frames=100,
-        history_age_s=600,
-    )
-    hub.bind(loop)  # type: ignore[arg-type]
+def new_hub(loop: FakeLoop) -> tuple[Hub, list[tuple[float, int]]]:
+    hub = make_hub(loop)
     flushes: list[tuple[float, int]] = []  # (ms since the hot traffic began, frames built)
     flush_due = hub.flush_due
 
@@ -94,7 +51,7 @@ def new_hub(loop: ManualLoop) -> tuple[Hub, list[tuple[float, int]]]:
     return hub, flushes
 
 
-def prime_idle(hub: Hub, loop: ManualLoop, count: int) -> list[Watched]:
+def prime_idle(hub: Hub, loop: FakeLoop, count: int) -> list[Watched]:
     """Give `count` orgs a channel holding one flushed frame, then watch their conflators."""
     for org in range(1000, 1000 + count):
         hub.ingest(event(org, "k0", 0))
@@ -110,7 +67,7 @@ def prime_idle(hub: Hub, loop: ManualLoop, count: int) -> list[Watched]:
     return watched
 
 
-def hot_traffic(hub: Hub, loop: ManualLoop, flushes: list[tuple[float, int]]) -> list[Any]:
+def hot_traffic(hub: Hub, loop: FakeLoop, flushes: list[tuple[float, int]]) -> list[Any]:
     """Two seconds of events to HOT (org 1 busiest); return the flush schedule they caused."""
     start = hub.now_ms()
     flushes.clear()
@@ -125,11 +82,11 @@ def hot_traffic(hub: Hub, loop: ManualLoop, flushes: list[tuple[float, int]]) ->
 
 
 def test_flush_schedule_and_work_do_not_depend_on_idle_channels() -> None:
-    quiet_loop = ManualLoop()
+    quiet_loop = FakeLoop()
     quiet, quiet_flushes = new_hub(quiet_loop)
     baseline = hot_traffic(quiet, quiet_loop, quiet_flushes)
 
-    loop = ManualLoop()
+    loop = FakeLoop()
     hub, flushes = new_hub(loop)
     watched = prime_idle(hub, loop, IDLE)
     schedule = hot_traffic(hub, loop, flushes)
@@ -141,7 +98,7 @@ def test_flush_schedule_and_work_do_not_depend_on_idle_channels() -> None:
 
 
 def test_idle_channels_arm_no_flush_timer() -> None:
-    loop = ManualLoop()
+    loop = FakeLoop()
     hub, flushes = new_hub(loop)
     watched = prime_idle(hub, loop, 1000)
     flushes.clear()

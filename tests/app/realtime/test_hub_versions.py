@@ -7,25 +7,10 @@ from typing import Any
 
 import orjson
 import pytest
+from hub_support import Subscriber, make_hub
 
 from app.events import Event, state
 from app.realtime import fanout
-from app.realtime.hub import Frame, Hub
-from streamcore import Codec
-
-
-class Socket:
-    """Stands in for a connection: the hub only calls deliver and send_control."""
-
-    def __init__(self, org_id: int) -> None:
-        self.id, self.org_id, self.codec, self.channel = "c1", org_id, Codec.NONE, None
-        self.frames: list[Frame] = []
-
-    def deliver(self, frame: Frame) -> None:
-        self.frames.append(frame)
-
-    def send_control(self, frame: Frame) -> None:
-        pass
 
 
 def totals(version: int, cents: int) -> Event:
@@ -39,16 +24,14 @@ def delivered(
     """The events' data as delivered, and how many the hub dropped as stale."""
 
     async def run() -> tuple[list[Any], int]:
-        hub = Hub(
+        hub = make_hub(
+            asyncio.get_running_loop(),
             window_min_ms=5,
             window_max_ms=5,
-            compression_threshold=1024,
-            zstd_level=1,
             history_frames=10,
             history_age_s=60,
         )
-        hub.bind(asyncio.get_running_loop())
-        sock = Socket(org_id=1)
+        sock = Subscriber(org_id=1)
         hub.subscribe(sock, properties, None, None)
         for i, event in enumerate(events):
             hub.ingest(event)
