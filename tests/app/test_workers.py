@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,8 +13,13 @@ import redis as sync_redis
 from processes import ServeProcess, server_env
 
 # tests/app/realtime is a directory, not a package: imported as a namespace from tests/app.
-from realtime.support import assert_silent, frames_until, hello, open_ws
-from websockets.exceptions import ConnectionClosed
+from realtime.support import (
+    assert_sigterm_closes_with_1012,
+    assert_silent,
+    frames_until,
+    hello,
+    open_ws,
+)
 
 from app import logs
 from app.__main__ import main
@@ -183,13 +186,7 @@ def test_two_workers_deliver_every_event_to_every_subscriber_once(
             await asyncio.gather(*(assert_silent(ws, 0.3) for ws in subscribers))
 
             # SIGTERM to the supervisor reaches every worker: each stream gets 1012 at once.
-            started = time.monotonic()
-            server.proc.send_signal(signal.SIGTERM)
-            for ws in subscribers:
-                with pytest.raises(ConnectionClosed):
-                    await asyncio.wait_for(ws.recv(), 10)
-                assert ws.close_code == 1012
-            assert time.monotonic() - started < 5
+            await assert_sigterm_closes_with_1012(server.proc, subscribers)
 
         asyncio.run(scenario())
         assert server.proc.wait(15) == 0

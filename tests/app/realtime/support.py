@@ -63,3 +63,23 @@ async def assert_silent(ws: ClientConnection, seconds: float) -> None:
     except TimeoutError:
         return
     raise AssertionError(f"unexpected frame {decode_frame(raw)}")
+
+
+async def assert_sigterm_closes_with_1012(proc: Any, conns: list[ClientConnection]) -> None:
+    """SIGTERM to the server: every stream gets close code 1012 at once (within 5 s)."""
+    import signal
+    import time
+
+    from websockets.exceptions import ConnectionClosed
+
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    for ws in conns:
+        try:
+            await asyncio.wait_for(ws.recv(), 10)
+        except ConnectionClosed:
+            pass
+        else:
+            raise AssertionError("a stream was not closed")
+        assert ws.close_code == 1012
+    assert time.monotonic() - started < 5

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from app_support import SEED_EXPENSE
 from processes import PrivateRedis, ServeProcess, server_env
-from support import frames_until, hello, next_frame, open_ws, publish
-from websockets.exceptions import ConnectionClosed
+from support import (
+    assert_sigterm_closes_with_1012,
+    frames_until,
+    hello,
+    next_frame,
+    open_ws,
+    publish,
+)
 
 from streamcore.protocol import FrameKind
 
@@ -101,13 +106,7 @@ def test_sigterm_closes_streams_with_1012_and_releases_the_counts(
             for ws in conns:
                 await hello(ws)
             assert client.zcard(f"{prefix}:conns:org:1") == 5
-            started = time.monotonic()
-            a.proc.send_signal(signal.SIGTERM)
-            for ws in conns:
-                with pytest.raises(ConnectionClosed):
-                    await asyncio.wait_for(ws.recv(), 10)
-                assert ws.close_code == 1012
-            assert time.monotonic() - started < 5
+            await assert_sigterm_closes_with_1012(a.proc, conns)
 
         asyncio.run(scenario())
         # uvicorn re-raises the signal once it has shut down cleanly
