@@ -114,6 +114,17 @@ async def property_in_org(conn: AsyncConnection, property_id: int, org_id: int) 
     return found is not None
 
 
+_TOTALS_VERSION = select(properties.c.totals_version).where(
+    properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("org_id")
+)
+
+
+async def totals_version(conn: AsyncConnection, property_id: int, org_id: int) -> int | None:
+    """The property's totals version (writes so far), or None if it is not the org's."""
+    found = await conn.scalar(_TOTALS_VERSION, {"property_id": property_id, "org_id": org_id})
+    return None if found is None else int(found)
+
+
 async def is_empty(engine: AsyncEngine) -> bool:
     async with engine.connect() as conn:
         return not await conn.scalar(select(func.count()).select_from(orgs))

@@ -34,6 +34,7 @@ from starlette.responses import Response
 
 from . import accounts, idempotency, storage
 from .auth import Principal, authenticate
+from .cache import Write
 from .currencies import ISO_4217
 from .errors import InvalidCursor, NotFound
 from .events import Event, Publisher, fact, state
@@ -269,7 +270,7 @@ class Ledger:
         who: Principal,
         body: _EntryIn,
         claim: idempotency.Claim | None = None,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], Write]:
         """Store an entry, bump the property's running totals, publish after commit."""
         values = {
             "org_id": who.org_id,
@@ -295,7 +296,8 @@ class Ledger:
                 # The key's record commits with the entry: a retry can never write it twice.
                 await claim.complete(conn, OrjsonResponse(record, status_code=201))
         bus.publish_many(self.events(who.org_id, record, version, totals))
-        return record
+        date = values[self.date.name]
+        return record, Write(version, self.kind, body.currency, body.amount_cents, date)
 
     def events(
         self, org_id: int, record: dict[str, Any], version: int, totals: list[dict[str, Any]]
@@ -451,11 +453,18 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
     return date, id_
 
 
-async def summarise(engine: AsyncEngine, who: Principal, query: SummaryQuery) -> dict[str, Any]:
-    """Totals per currency of one property's expenses and revenues over a period."""
+async def summarise(
+    engine: AsyncEngine, who: Principal, query: SummaryQuery
+) -> tuple[int | None, dict[str, Any]]:
+    """Totals per currency of one property's expenses and revenues over a period.
+
+    Also the property's totals version they were computed at: read before and after the
+    queries, and None if a write committed in between (the summary is right, but of no version).
+    """
     by_currency: dict[str, dict[str, Any]] = {}
     async with engine.connect() as conn:
-        if not await accounts.property_in_org(conn, query.property_id, who.org_id):
+        before = await accounts.totals_version(conn, query.property_id, who.org_id)
+        if before is None:
             raise NotFound("Property not found.")
         for ledger in (EXPENSES, REVENUES):
             for row in await conn.execute(ledger.totals_query(query.property_id, query)):
@@ -471,12 +480,45 @@ async def summarise(engine: AsyncEngine, who: Principal, query: SummaryQuery) ->
                 )
                 entry[f"{ledger.kind}sCents"] = int(row.total)
                 entry[f"{ledger.kind}Count"] = int(row.n)
+        after = await accounts.totals_version(conn, query.property_id, who.org_id)
     totals = []
     for currency in sorted(by_currency):
         entry = by_currency[currency]
         entry["netCents"] = entry["revenuesCents"] - entry["expensesCents"]
         totals.append(entry)
-    return {"propertyId": query.property_id, "from": query.from_, "to": query.to, "totals": totals}
+    body = {"propertyId": query.property_id, "from": query.from_, "to": query.to, "totals": totals}
+    return (before if before == after else None), body
+
+
+def _currency_totals(currency: str) -> dict[str, Any]:
+    return {
+        "currency": currency,
+        "expensesCents": 0,
+        "revenuesCents": 0,
+        "expenseCount": 0,
+        "revenueCount": 0,
+        "netCents": 0,
+    }
+
+
+def apply_write(body: bytes, write: Write) -> bytes:
+    """A cached summary with one more entry: added if its date is in the summary's period."""
+    summary = orjson.loads(body)
+    start, end = summary["from"], summary["to"]
+    if (start is not None and write.date < dt.datetime.fromisoformat(start)) or (
+        end is not None and write.date >= dt.datetime.fromisoformat(end)
+    ):
+        return body
+    totals = summary["totals"]
+    entry = next((t for t in totals if t["currency"] == write.currency), None)
+    if entry is None:
+        entry = _currency_totals(write.currency)
+        totals.append(entry)
+        totals.sort(key=lambda t: t["currency"])
+    entry[f"{write.kind}sCents"] += write.amount_cents
+    entry[f"{write.kind}Count"] += 1
+    entry["netCents"] = entry["revenuesCents"] - entry["expensesCents"]
+    return orjson.dumps(summary, option=orjson.OPT_UTC_Z)
 
 
 def _limits(settings: Settings) -> dict[str, int]:
@@ -487,7 +529,7 @@ def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
     async def endpoint(request: Request) -> Response:
         who = authenticate(request)
         body = await read_json(request, model, context=_limits(request.app.state.settings))
-        record = await ledger.create(
+        record, write = await ledger.create(
             request.app.state.db,
             request.app.state.events,
             who,
@@ -495,8 +537,8 @@ def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
             idempotency.claim_of(request),
         )
         cache = getattr(request.app.state, "summary_cache", None)
-        if cache is not None:  # committed: cached summaries of this property are stale now
-            await cache.invalidate(body.property_id)
+        if cache is not None:  # committed: move this property's cached summaries on to it
+            await cache.apply(body.property_id, write)
         return OrjsonResponse(record, status_code=201)
 
     endpoint.__name__ = f"create_{ledger.kind}"
@@ -528,11 +570,11 @@ async def summary(request: Request) -> Response:
     query = read_query(request, SummaryQuery)
     cache = getattr(request.app.state, "summary_cache", None)
     if cache is None:
-        return OrjsonResponse(await summarise(request.app.state.db, who, query))
+        return OrjsonResponse((await summarise(request.app.state.db, who, query))[1])
 
-    async def compute() -> bytes:
-        body = await summarise(request.app.state.db, who, query)
-        return bytes(OrjsonResponse(body).body)
+    async def compute() -> tuple[int | None, bytes]:
+        version, body = await summarise(request.app.state.db, who, query)
+        return version, bytes(OrjsonResponse(body).body)
 
     period = f"{query.from_}/{query.to}"
     body = await cache.get(who.org_id, query.property_id, period, compute)

@@ -117,6 +117,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 getattr(app.state, "redis", None),
                 f"{settings.metrics_redis_prefix}:summary",
                 settings.database_url,
+                finance.apply_write,
             )
             # Last in, so first out: streams close before the stores they read.
             await realtime.start(app, settings, stack)
