@@ -144,11 +144,8 @@ steps = st.lists(st.one_of(writes, st.sampled_from(sorted(PERIODS))), min_size=1
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(steps)
-def test_cached_summaries_moved_on_by_writes_equal_the_database(
-    sqlite_api: Api, plan: list[Any]
-) -> None:
+def test_cached_summaries_moved_on_by_writes_equal_the_database(api: Api, plan: list[Any]) -> None:
     """Random writes and reads: every summary served equals the one computed without the cache."""
-    api = sqlite_api
     t = api.tenant(f"T{uuid.uuid4().hex[:8]}")
     for step in plan:
         if isinstance(step, tuple):
