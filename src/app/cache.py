@@ -32,6 +32,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import redis_client
+
 log = logging.getLogger("app.cache")
 
 L1_TTL_S = 2.0
@@ -94,7 +96,11 @@ class SummaryCache:
         self._l1: OrderedDict[tuple[int, int, str], _Entry] = OrderedDict()
         self._by_property: dict[int, set[tuple[int, int, str]]] = {}
         self._latest: dict[int, int] = {}  # property -> newest version this process has seen
-        self._l2_off_until = 0.0
+        self._breaker = redis_client.Breaker(
+            log,
+            "summary cache: Redis failed; reading the database",
+            "summary cache: Redis answers again",
+        )
         self._raise = redis.register_script(_RAISE_LUA) if redis is not None else None
 
     def counters(self) -> dict[str, int]:
@@ -112,16 +118,15 @@ class SummaryCache:
         return out
 
     def _l2_usable(self) -> bool:
-        return self.redis is not None and time.monotonic() >= self._l2_off_until
+        return self.redis is not None and self._breaker.usable()
 
     async def _call(self, command: Awaitable[Any]) -> Any:
         async with asyncio.timeout(REDIS_BUDGET_S):
             return await command
 
-    def _failed(self, what: str, exc: BaseException, pause_s: float = L2_PAUSE_S) -> None:
+    def _failed(self, exc: BaseException, pause_s: float = L2_PAUSE_S) -> None:
         self.stats.l2_errors += 1
-        self._l2_off_until = max(self._l2_off_until, time.monotonic() + pause_s)
-        log.warning("summary cache: Redis %s failed: %s", what, type(exc).__name__)
+        self._breaker.failed(exc, pause_s)
 
     async def get(self, org_id: int, property_id: int, period: str, compute: Compute) -> bytes:
         key = (org_id, property_id, period)
@@ -132,8 +137,9 @@ class SummaryCache:
                 raw = await self._call(self.redis.get(self._version_key(property_id)))
                 remote = int(raw or 0)
                 known = max(known, remote)
+                self._breaker.ok()
             except Exception as exc:
-                self._failed("read", exc)
+                self._failed(exc)
         entry = self._l1.get(key)
         if entry is not None and entry.version >= known and entry.expires > time.monotonic():
             self.stats.l1_hits += 1
@@ -143,7 +149,7 @@ class SummaryCache:
             try:
                 body = await self._call(self.redis.get(self._summary_key(key, known)))
             except Exception as exc:
-                self._failed("read", exc)
+                self._failed(exc)
             else:
                 if body is not None:
                     self.stats.l2_hits += 1
@@ -160,7 +166,7 @@ class SummaryCache:
                         self.redis.set(self._summary_key(key, version), body, ex=L2_TTL_S)
                     )
                 except Exception as exc:
-                    self._failed("write", exc)
+                    self._failed(exc)
         return body
 
     async def apply(self, property_id: int, write: Write) -> None:
@@ -187,7 +193,7 @@ class SummaryCache:
         except Exception as exc:
             # Other processes may not learn of this write: stop reading L2 until entries they
             # could still trust have expired.
-            self._failed("announce", exc, pause_s=L2_TTL_S)
+            self._failed(exc, pause_s=L2_TTL_S)
 
     def _put_l1(self, key: tuple[int, int, str], version: int, body: bytes) -> None:
         self._l1[key] = _Entry(version, time.monotonic() + L1_TTL_S, body)

@@ -403,8 +403,11 @@ class RedisStore:
         self.prefix = prefix
         self._claim = client.register_script(_CLAIM_LUA)
         self._release = client.register_script(_RELEASE_LUA)
-        self._skip_until = 0.0
-        self._incident = False
+        self._breaker = redis_client.Breaker(
+            log,
+            "idempotency: Redis unavailable, using the database store",
+            "idempotency: Redis answers again",
+        )
 
     def new_claim(
         self, org_id: int, user_id: int, key: str, fp: str, method: str, route: str
@@ -415,22 +418,14 @@ class RedisStore:
         return f"{self.prefix}{c.org_id}:{c.user_id}:{c.key}"
 
     def _usable(self) -> bool:
-        return time.monotonic() >= self._skip_until
+        return self._breaker.usable()
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.redis_errors += 1
-        self._skip_until = time.monotonic() + _REDIS_RETRY_S
-        if not self._incident:  # once per incident, not per request
-            self._incident = True
-            log.warning(
-                "idempotency: Redis unavailable, using the database store",
-                extra={"error": type(exc).__name__},
-            )
+        self._breaker.failed(exc, _REDIS_RETRY_S)
 
     def _ok(self) -> None:
-        if self._incident:
-            self._incident = False
-            log.warning("idempotency: Redis answers again")
+        self._breaker.ok()
 
     async def claim(self, c: Claim) -> Claim | Replay | Mismatch | InProgress:
         if self._usable():

@@ -1,4 +1,4 @@
-"""Redis clients of the app: a bounded pool that queues a command for a free connection.
+"""Redis clients of the app (a bounded pool that queues for a free connection) and a breaker.
 
 redis-py's default pool holds 100 connections and fails a command at once when all are busy:
 a thousand WebSocket clients dropping together then failed most of their lease releases. A
@@ -6,6 +6,9 @@ blocking pool waits up to the command's own timeout instead, so a burst costs la
 """
 
 from __future__ import annotations
+
+import logging
+import time
 
 import redis.asyncio as aioredis
 
@@ -28,3 +31,29 @@ def connect(
         socket_connect_timeout=connect_timeout,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+class Breaker:
+    """Skip Redis for a while after it fails: an outage costs one timeout, not one per request.
+
+    Logs once when an incident starts (`down`) and once when Redis answers again (`up`).
+    """
+
+    def __init__(self, log: logging.Logger, down: str, up: str) -> None:
+        self._log, self._down, self._up = log, down, up
+        self._until = 0.0
+        self._incident = False
+
+    def usable(self) -> bool:
+        return time.monotonic() >= self._until
+
+    def failed(self, exc: BaseException, pause_s: float) -> None:
+        self._until = max(self._until, time.monotonic() + pause_s)
+        if not self._incident:
+            self._incident = True
+            self._log.warning(self._down, extra={"error": type(exc).__name__})
+
+    def ok(self) -> None:
+        if self._incident:
+            self._incident = False
+            self._log.warning(self._up)
