@@ -38,14 +38,16 @@ class ServeProcess:
         self.port = free_port()
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v2/realtime/stream"
-        self.log_path = workdir / f"{name}.log"
+        self.log_path = workdir / f"{name}.log"  # stderr: the JSON log lines
+        self.out_path = workdir / f"{name}.out"  # stdout: what serve prints for its user
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app", "serve"],
             cwd=workdir,
             env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
+            stdout=self._out,
+            stderr=self._log,
         )
         deadline = time.monotonic() + 30
         while True:
@@ -77,6 +79,7 @@ class ServeProcess:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
+        self._out.close()
         return self.proc.returncode
 
 

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,69 +11,37 @@ from typing import Any
 import httpx2
 import pytest
 from app_support import SEED_EXPENSE
-from processes import free_port
+from processes import ServeProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """Start the server as `make serve` does, on a fresh machine (empty DATA_DIR)."""
     workdir = tmp_path_factory.mktemp("serve")
-    port = free_port()
     env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
         "DATABASE_URL": f"sqlite+aiosqlite:///{workdir}/var/streamcore.db",
         "DATA_DIR": str(workdir / "var"),
         "MAX_BODY_BYTES": "4096",
     }
-    log = open(workdir / "server.log", "wb")  # noqa: SIM115 - closed after the process ends
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app", "serve"],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    proc = ServeProcess(workdir, env, "server")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (workdir / "server.log").read_text()
-            try:
-                if httpx2.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx2.TransportError:
-                pass
-            assert time.monotonic() < deadline, "server did not become ready"
-            time.sleep(0.1)
-        yield {"base": base, "port": port, "proc": proc, "workdir": workdir}
+        yield proc
     finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-        assert proc.stdout is not None
-        proc.stdout.close()
-        log.close()
+        proc.stop()
 
 
-def test_serve_seeds_the_demo_and_says_how_to_log_in(server: dict[str, Any]) -> None:
-    proc = server["proc"]
-    first, second = proc.stdout.readline(), proc.stdout.readline()
+def test_serve_seeds_the_demo_and_says_how_to_log_in(server: ServeProcess) -> None:
+    first, second = server.out_path.read_text().splitlines()[:2]
     assert "user@example.com" in first
-    assert f"http://localhost:{server['port']}/auth/login" in second
+    assert f"http://localhost:{server.port}/auth/login" in second
     assert second.startswith("Log in: curl")
-    assert (server["workdir"] / "var" / "jwt_secret").exists()
+    assert (server.out_path.parent / "var" / "jwt_secret").exists()
 
 
-def test_the_seed_guide_flow_over_http(server: dict[str, Any]) -> None:
-    base = server["base"]
+def test_the_seed_guide_flow_over_http(server: ServeProcess) -> None:
+    base = server.http
     with httpx2.Client(base_url=base, timeout=10) as client:
         login = client.post(
             "/auth/login", json={"email": "user@example.com", "password": "changeme"}
@@ -94,14 +58,14 @@ def test_the_seed_guide_flow_over_http(server: dict[str, Any]) -> None:
         assert summary.json()["totals"][0]["currency"] == "INR"
 
 
-def test_a_chunked_body_over_the_limit_is_413_over_http(server: dict[str, Any]) -> None:
+def test_a_chunked_body_over_the_limit_is_413_over_http(server: ServeProcess) -> None:
     def body() -> Iterator[bytes]:
         yield b'{"email": "'
         for _ in range(100):
             yield b"x" * 1000
         yield b'", "password": "x"}'
 
-    with httpx2.Client(base_url=server["base"], timeout=10) as client:
+    with httpx2.Client(base_url=server.http, timeout=10) as client:
         response = client.post(
             "/auth/login", content=body(), headers={"Content-Type": "application/json"}
         )
@@ -110,8 +74,8 @@ def test_a_chunked_body_over_the_limit_is_413_over_http(server: dict[str, Any]) 
         assert response.json()["error"]["code"] == "payload_too_large"
 
 
-def test_unknown_paths_and_methods_are_json_errors(server: dict[str, Any]) -> None:
-    with httpx2.Client(base_url=server["base"], timeout=10) as client:
+def test_unknown_paths_and_methods_are_json_errors(server: ServeProcess) -> None:
+    with httpx2.Client(base_url=server.http, timeout=10) as client:
         missing = client.get("/v1/nope")
         assert missing.status_code == 404
         assert missing.json()["error"]["code"] == "not_found"
@@ -121,21 +85,21 @@ def test_unknown_paths_and_methods_are_json_errors(server: dict[str, Any]) -> No
 
 
 @pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")), reason="needs curl and jq")
-def test_the_seed_curl_commands_work_as_written(server: dict[str, Any]) -> None:
+def test_the_seed_curl_commands_work_as_written(server: ServeProcess) -> None:
     # The guide's first two commands, verbatim apart from the port.
     script = Path(__file__).with_name("seed_guide.sh").read_text()
-    script = script.replace("localhost:4000", f"localhost:{server['port']}")
+    script = script.replace("localhost:4000", f"localhost:{server.port}")
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stderr
     assert '"amountCents":50000' in result.stdout
     assert '"createdBy":1' in result.stdout
 
 
-def test_concurrent_writes_all_land_and_add_up(server: dict[str, Any]) -> None:
+def test_concurrent_writes_all_land_and_add_up(server: ServeProcess) -> None:
     import asyncio
 
     async def run() -> tuple[list[int], dict[str, Any]]:
-        async with httpx2.AsyncClient(base_url=server["base"], timeout=30) as client:
+        async with httpx2.AsyncClient(base_url=server.http, timeout=30) as client:
             login = await client.post(
                 "/auth/login", json={"email": "user@example.com", "password": "changeme"}
             )
