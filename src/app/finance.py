@@ -468,16 +468,9 @@ async def summarise(
             raise NotFound("Property not found.")
         for ledger in (EXPENSES, REVENUES):
             for row in await conn.execute(ledger.totals_query(query.property_id, query)):
-                entry = by_currency.setdefault(
-                    row.currency,
-                    {
-                        "currency": row.currency,
-                        "expensesCents": 0,
-                        "revenuesCents": 0,
-                        "expenseCount": 0,
-                        "revenueCount": 0,
-                    },
-                )
+                entry = by_currency.get(row.currency)
+                if entry is None:
+                    entry = by_currency[row.currency] = _currency_totals(row.currency)
                 entry[f"{ledger.kind}sCents"] = int(row.total)
                 entry[f"{ledger.kind}Count"] = int(row.n)
         after = await accounts.totals_version(conn, query.property_id, who.org_id)
