@@ -103,17 +103,6 @@ async def find_user(engine: AsyncEngine, email: str) -> User | None:
     return User(int(row.id), int(row.org_id), row.email, row.password_hash) if row else None
 
 
-_PROPERTY_IN_ORG = select(properties.c.id).where(
-    properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("org_id")
-)
-
-
-async def property_in_org(conn: AsyncConnection, property_id: int, org_id: int) -> bool:
-    """Whether the property exists and belongs to the org (callers answer 404 either way)."""
-    found = await conn.scalar(_PROPERTY_IN_ORG, {"property_id": property_id, "org_id": org_id})
-    return found is not None
-
-
 _TOTALS_VERSION = select(properties.c.totals_version).where(
     properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("org_id")
 )
@@ -123,6 +112,11 @@ async def totals_version(conn: AsyncConnection, property_id: int, org_id: int) -
     """The property's totals version (writes so far), or None if it is not the org's."""
     found = await conn.scalar(_TOTALS_VERSION, {"property_id": property_id, "org_id": org_id})
     return None if found is None else int(found)
+
+
+async def property_in_org(conn: AsyncConnection, property_id: int, org_id: int) -> bool:
+    """Whether the property exists and belongs to the org (callers answer 404 either way)."""
+    return await totals_version(conn, property_id, org_id) is not None
 
 
 async def is_empty(engine: AsyncEngine) -> bool:
