@@ -302,27 +302,6 @@ def slo_table(client: dict[str, float | None], server: dict[str, Any]) -> list[R
     return rows
 
 
-def redis_env(url: str, prefix: str) -> dict[str, str]:
-    return {
-        "REDIS_URL": url,
-        "REALTIME_REDIS_PREFIX": f"{prefix}:rt",
-        "IDEMPOTENCY_REDIS_PREFIX": f"{prefix}:idem:",
-        "METRICS_REDIS_PREFIX": f"{prefix}:metrics",  # the summary cache's keys go under it too
-    }
-
-
-def drop_redis_keys(url: str, prefix: str) -> int:
-    """Delete this run's keys (and only them) from the shared Redis."""
-    import redis
-
-    r = redis.Redis.from_url(url)
-    try:
-        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
-        return int(r.delete(*keys)) if keys else 0
-    finally:
-        r.close()
-
-
 def cache_counts(metrics: dict[str, Any]) -> tuple[int, int]:
     """(summary reads served without the database, all summary reads) so far."""
     c = metrics.get("cache") or {}
@@ -458,7 +437,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # Every subscriber is one user of one org here; the caps are not what is measured.
             "REALTIME_MAX_CONNECTIONS_PER_USER": cap,
             "REALTIME_MAX_CONNECTIONS_PER_ORG": cap,
-            **(redis_env(args.redis, prefix) if args.redis else {}),
+            **(ws_load.redis_env(args.redis, prefix) if args.redis else {}),
         }
         log = Path(work) / "server.log"
         # `exec` keeps the server's pid the one api_load.server() stops; stderr is its log.
@@ -496,7 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if subscribers is not None:
                 subscribers.close()
             if args.redis:
-                out_keys = drop_redis_keys(args.redis, prefix)
+                out_keys = ws_load.drop_redis_keys(args.redis, prefix)
                 print(f"removed {out_keys} Redis keys under {prefix}:*", file=sys.stderr)
     out |= {"org": org, "connected": args.clients - failed, "connect_s": connect_s}
     return out

@@ -56,8 +56,10 @@ from benchmarks.ws_load import (
     SECRET,
     Clients,
     cpu_s,
+    drop_redis_keys,
     free_port,
     pct,
+    redis_env,
     rss_kb,
     stop,
     token_for,
@@ -242,9 +244,6 @@ class Server:
             "REALTIME_MAX_CONNECTIONS_PER_ORG": "1000000",
             "LOG_LEVEL": "warning",
             "SEED_DEMO": "0",
-            "REALTIME_REDIS_PREFIX": self.prefix,
-            "IDEMPOTENCY_REDIS_PREFIX": f"{self.prefix}:idem:",
-            "METRICS_REDIS_PREFIX": f"{self.prefix}:metrics",
             "METRICS_PUBLISH_INTERVAL_S": "1",
         }
         if window_ms:
@@ -252,7 +251,7 @@ class Server:
         env.pop("REDIS_URL", None)
         env.pop("WORKERS", None)
         if redis_url:
-            env["REDIS_URL"] = redis_url
+            env |= redis_env(redis_url, self.prefix)
         self.log_path = self.dir / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
@@ -306,15 +305,7 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
         self._log.close()
         if self.redis_url:
-            import redis
-
-            client = redis.Redis.from_url(self.redis_url)
-            try:
-                keys = list(client.scan_iter(match=f"{self.prefix}*", count=1000))
-                if keys:
-                    client.delete(*keys)
-            finally:
-                client.close()
+            drop_redis_keys(self.redis_url, self.prefix)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

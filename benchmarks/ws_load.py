@@ -458,6 +458,28 @@ def pct(values: list[float], q: float) -> float:
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
 
 
+def redis_env(url: str, prefix: str) -> dict[str, str]:
+    """A server's Redis settings, every key under `prefix` so the run can remove them."""
+    return {
+        "REDIS_URL": url,
+        "REALTIME_REDIS_PREFIX": f"{prefix}:rt",
+        "IDEMPOTENCY_REDIS_PREFIX": f"{prefix}:idem:",
+        "METRICS_REDIS_PREFIX": f"{prefix}:metrics",  # the summary cache's keys go under it too
+    }
+
+
+def drop_redis_keys(url: str, prefix: str) -> int:
+    """Delete this run's keys (and only them) from the shared Redis."""
+    import redis
+
+    r = redis.Redis.from_url(url)
+    try:
+        keys = list(r.scan_iter(match=f"{prefix}:*", count=1000))
+        return int(r.delete(*keys)) if keys else 0
+    finally:
+        r.close()
+
+
 def wait_port(port: int, proc: subprocess.Popen[Any], what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while True:
