@@ -1,6 +1,7 @@
 """Run the benchmark suite and write BENCHMARKS.md from its results.
 
-`make bench` calls this. Each benchmark group pairs a subject with the baseline it is measured
+`make bench` calls this; `make bench BENCH_ARGS="--only benchmarks.api_load"` reruns named harnesses
+and replaces only their sections of BENCHMARKS.md (marked as rerun alone). Each benchmark group pairs a subject with the baseline it is measured
 against in the same run (see benchmarks/conftest.py); the table shows both and their ratio, because
 on a shared 2-core machine absolute times move from run to run while ratios hold.
 """
@@ -148,17 +149,7 @@ def render(data: dict[str, Any], elapsed: float, harnesses: list[HarnessRun]) ->
     if verdicts:
         lines += ["## Targets", "", *verdicts, ""]
     for h in harnesses:
-        status = "" if h.code == 0 else f" (exited {h.code}: see its output)"
-        lines += [
-            f"## {h.title}{status}",
-            "",
-            f"`python -m {h.module}` ({h.seconds:.0f} s):",
-            "",
-            "```",
-            h.text,
-            "```",
-            "",
-        ]
+        lines += harness_section(h)
     lines += [
         "Raw results: `benchmarks/results/` (pytest-benchmark's JSON for the micro-benchmarks,",
         "one JSON file per load harness).",
@@ -167,7 +158,63 @@ def render(data: dict[str, Any], elapsed: float, harnesses: list[HarnessRun]) ->
     return "\n".join(lines)
 
 
+def harness_section(h: HarnessRun, note: str = "") -> list[str]:
+    status = "" if h.code == 0 else f" (exited {h.code}: see its output)"
+    return [
+        f"## {h.title}{status}",
+        "",
+        f"`python -m {h.module}` ({h.seconds:.0f} s{note}):",
+        "",
+        "```",
+        h.text,
+        "```",
+        "",
+    ]
+
+
+def splice(report: str, run: HarnessRun, when: str) -> str:
+    """Replace one harness's section of an existing report (or add it before the footer)."""
+    lines = report.split("\n")
+    new = harness_section(run, f"; rerun alone on {when} UTC, not in the full run above")
+    start = next((i for i, ln in enumerate(lines) if ln.startswith(f"## {run.title}")), None)
+    if start is None:
+        foot = next(i for i, ln in enumerate(lines) if ln.startswith("Raw results:"))
+        return "\n".join([*lines[:foot], *new, *lines[foot:]])
+    end = start + 1
+    fenced = False
+    while end < len(lines):
+        ln = lines[end]
+        if ln.startswith("```"):
+            fenced = not fenced
+        elif not fenced and (ln.startswith("## ") or ln.startswith("Raw results:")):
+            break
+        end += 1
+    return "\n".join([*lines[:start], *new, *lines[end:]])
+
+
+def run_only(modules: list[str]) -> int:
+    """Rerun some harnesses and splice their sections into BENCHMARKS.md (`--only a,b`)."""
+    known = {module: (title, args) for title, module, args in HARNESSES}
+    unknown = [m for m in modules if m not in known]
+    if unknown:
+        print(f"unknown harness {unknown}; known: {sorted(known)}", file=sys.stderr)
+        return 2
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    report = REPORT.read_text()
+    code = 0
+    for module in modules:
+        title, args = known[module]
+        run = run_harness(title, module, args)
+        code = code or run.code
+        report = splice(report, run, time.strftime("%Y-%m-%dT%H:%M", time.gmtime()))
+    REPORT.write_text(report)
+    print(f"updated {REPORT.relative_to(ROOT)}")
+    return code
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--only"] and len(argv) == 2:
+        return run_only(argv[1].split(","))
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / "core.json"
     start = time.monotonic()
