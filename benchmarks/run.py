@@ -1,9 +1,10 @@
 """Run the benchmark suite and write BENCHMARKS.md from its results.
 
-`make bench` calls this; `make bench BENCH_ARGS="--only benchmarks.api_load"` reruns named harnesses
-and replaces only their sections of BENCHMARKS.md (marked as rerun alone). Each benchmark group pairs a subject with the baseline it is measured
-against in the same run (see benchmarks/conftest.py); the table shows both and their ratio, because
-on a shared 2-core machine absolute times move from run to run while ratios hold.
+`make bench` calls this; `make bench BENCH_ARGS="--only benchmarks.api_load"` reruns named
+harnesses and replaces only their sections of BENCHMARKS.md (marked as rerun alone). Each
+benchmark group pairs a subject with the baseline it is measured against in the same run (see
+benchmarks/conftest.py); the table shows both and their ratio, because on a shared 2-core machine
+absolute times move from run to run while ratios hold.
 """
 
 from __future__ import annotations

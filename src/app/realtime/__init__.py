@@ -29,6 +29,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
         zstd_level=settings.zstd_level,
         history_frames=settings.realtime_history_frames,
         history_age_s=settings.realtime_history_age_s,
+        send_buffer_limit=settings.realtime_queue_max_bytes,
     )
     hub.bind(asyncio.get_running_loop())
     app.state.hub = hub

@@ -1,9 +1,11 @@
 """One subscriber: a bounded send queue drained by its own writer, and the slow-consumer policy.
 
-The flusher hands every subscriber the same Frame synchronously. A connection whose socket keeps up
-gets the bytes written at once (prepared path) and never touches its queue; one that lags queues
-them, bounded in frames and bytes. Over the bound, `coalesce` merges what waits into one frame
-(re-conflated by key, every non-conflatable event kept) and `disconnect` closes with 1013.
+A connection whose socket keeps up is a member of its channel's broadcast (streamcore.Broadcast):
+the flusher writes each frame to it from C and this object is not involved at all. One that lags
+(its transport holds `max_bytes`) leaves the broadcast and queues frames here, bounded in frames
+and bytes, drained by its own writer task; once the queue is empty it rejoins. Over the bound,
+`coalesce` merges what waits into one frame (re-conflated by key, every non-conflatable event
+kept) and `disconnect` closes with 1013.
 """
 
 from __future__ import annotations
@@ -15,55 +17,19 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import orjson
+from streamcore import Codec, FrameEncoder, FrameKind
 
-from streamcore import Codec, Conflator, FrameEncoder, FrameKind
-
+from .frames import Frame, coalesce_payloads, coalesced_note
 from .ws_protocol import PreparedSender
 
 if TYPE_CHECKING:
-    from .hub import Channel, Frame, RealtimeMetrics
+    from .hub import Channel, RealtimeMetrics, Subscribers
 
 log = logging.getLogger("app.realtime")
 
 CLOSE_SLOW_CONSUMER = 1013  # "try again later": the client reconnects and resumes
 CLOSE_SHUTDOWN = 1012  # "service restart"
 CLOSE_POLICY = 1008
-
-
-def coalesced_note(seq: int, first_seq: int) -> Frame:
-    """The control frame announcing that the next event frame merges first_seq..seq."""
-    from .hub import Frame
-
-    body = orjson.dumps({"type": "coalesced", "first_seq": first_seq, "seq": seq})
-    return Frame(seq, FrameKind.CONTROL, [body])
-
-
-def conflation_keys(payloads: list[bytes]) -> list[str | None]:
-    """The key each event conflates on, None for the ones that must all be kept.
-
-    An event is conflatable when its envelope has a "key" and not "conflatable": false
-    (events.state() and POST /v2/realtime/publish build envelopes that way).
-    """
-    keys: list[str | None] = []
-    for payload in payloads:
-        try:
-            head = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            head = None
-        key = head.get("key") if isinstance(head, dict) else None
-        keyed = isinstance(key, str) and head.get("conflatable", True) is not False
-        keys.append(key if keyed else None)
-    return keys
-
-
-def coalesce_payloads(frames: list[Frame]) -> list[bytes]:
-    """Merge several windows into one: conflatable events by key (latest wins), facts all kept."""
-    conflator = Conflator()
-    for frame in frames:
-        for key, payload in zip(frame.keys(), frame.payloads, strict=True):
-            conflator.push(key, payload, key is not None)
-    return conflator.drain()
 
 
 class Connection:
@@ -90,6 +56,7 @@ class Connection:
         self.org_id = org_id
         self.codec = codec
         self.channel: Channel | None = None
+        self.group: Subscribers | None = None  # the channel's subscribers of this codec
         self._prepared = prepared
         self._send_bytes = send_bytes
         self._close = close
@@ -107,6 +74,20 @@ class Connection:
         self._writer: asyncio.Task[None] | None = None
         # The writer holds a frame it took off the queue: the direct path must wait behind it.
         self._in_flight = False
+
+    @property
+    def transport(self) -> Any:
+        """The transport a broadcast may write to directly, or None (ASGI sends only)."""
+        return self._prepared.transport if self._prepared is not None else None
+
+    def caught_up(self) -> bool:
+        """True when nothing of this connection waits: the next frame may be written at once."""
+        return (
+            self._prepared is not None
+            and self.close_code is None
+            and not self._queue
+            and not self._in_flight
+        )
 
     def start(self) -> None:
         # The writer task exists only on the paths that need one: ASGI sends, or a lagging socket
@@ -127,19 +108,21 @@ class Connection:
     # -- called synchronously by the flusher ---------------------------------------------------
 
     def deliver(self, frame: Frame) -> None:
-        """Send the frame now if the socket keeps up, else queue it (bounded)."""
+        """Send the frame now if the socket keeps up, else queue it (bounded).
+
+        The flusher calls this only for connections outside the broadcast (lagging, closing,
+        ASGI-only) and for control frames; a caught-up one writes and rejoins the broadcast.
+        """
         if self.close_code is not None:
             return
         prepared = self._prepared
-        if (
-            prepared is not None
-            and not self._queue
-            and not self._in_flight
-            and prepared.buffered() < self._max_bytes
-        ):
+        if prepared is not None and self.caught_up() and prepared.buffered() < self._max_bytes:
             if not prepared.send(frame.wire(self.codec, self._encoder)):
                 self._mark_closed(1006)
+                return
             self._metrics.frames_sent += 1
+            if self.group is not None:
+                self.group.catch_up(self)
             return
         self._enqueue(frame, 0)
 
@@ -151,6 +134,8 @@ class Connection:
             self._enqueue(frame, 0)
 
     def _enqueue(self, frame: Frame, coalesced_from: int) -> None:
+        if self.group is not None:
+            self.group.lag(self)  # out of the broadcast until the queue has drained
         self._queue.append((frame, coalesced_from))
         self._queued_bytes += len(frame.data(self.codec, self._encoder))
         if len(self._queue) > self._max_frames or self._queued_bytes > self._max_bytes:
@@ -168,8 +153,6 @@ class Connection:
         self.shutdown(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def _coalesce(self) -> bool:
-        from .hub import Frame
-
         controls = [e for e in self._queue if e[0].kind == FrameKind.CONTROL]
         events = [e for e in self._queue if e[0].kind == FrameKind.EVENTS]
         if len(events) < 2:
@@ -193,6 +176,8 @@ class Connection:
         self.close_code = code
         self._queue.clear()
         self._queued_bytes = 0
+        if self.group is not None:
+            self.group.lag(self)  # deliver() ignores it from now on; the broadcast must too
         if self._prepared is not None:
             self._prepared.close_now(code, reason)
             self.closed.set()
@@ -203,6 +188,8 @@ class Connection:
     def _mark_closed(self, code: int) -> None:
         if self.close_code is None:
             self.close_code = code
+        if self.group is not None:
+            self.group.lag(self)
         self._queue.clear()
         self.closed.set()
         self._wake.set()
@@ -234,6 +221,8 @@ class Connection:
                         await self._write(frame)
                     finally:
                         self._in_flight = False
+                if self.group is not None and self.caught_up():
+                    self.group.catch_up(self)  # drained: the broadcast writes to it again
         except Exception:
             self._mark_closed(1006)
 

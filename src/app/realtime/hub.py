@@ -14,18 +14,19 @@ import asyncio
 import logging
 import math
 import secrets
+import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from streamcore import Codec, Conflator, FrameEncoder, FrameKind, Histogram, WindowScheduler
-from streamcore.protocol import decode_frame
+from streamcore._broadcast import Broadcast
 
 from ..events import Event
-from .ws_protocol import ws_header
+from .frames import Frame
 
 log = logging.getLogger("app.realtime")
 
@@ -54,70 +55,58 @@ class RealtimeMetrics:
     stale_dropped: int = 0  # versioned states older than one the channel already took
 
 
-class Frame:
-    """One flushed window (or control message), its bytes built lazily once per codec."""
+class Subscribers:
+    """A channel's subscribers of one codec: the caught-up ones, written to by one C loop per
+    frame, and the rest (lagging, closing, or with no prepared transport) by their own queues."""
 
-    __slots__ = ("_data", "_keys", "_payloads", "_wire", "kind", "seq", "t")
+    __slots__ = ("fast", "slow")
 
-    def __init__(
-        self,
-        seq: int,
-        kind: int,
-        payloads: list[bytes] | None,
-        data: dict[int, bytes] | None = None,
-        t: float = 0.0,
-    ) -> None:
-        self.seq = seq
-        self.kind = kind
-        self._payloads = payloads
-        self._data: dict[int, bytes] = data or {}
-        self._wire: dict[Codec, bytes] = {}
-        self._keys: list[str | None] | None = None
-        self.t = t
+    def __init__(self) -> None:
+        self.fast = Broadcast()
+        self.slow: set[Any] = set()
 
-    def keys(self) -> list[str | None]:
-        """Each event's conflation key (None: keep it), parsed once for every lagging socket."""
-        if self._keys is None:
-            from .connections import conflation_keys
+    def __len__(self) -> int:
+        return len(self.fast) + len(self.slow)
 
-            self._keys = conflation_keys(self.payloads)
-        return self._keys
+    def __iter__(self) -> Iterator[Any]:
+        yield from self.fast.members
+        yield from self.slow
 
-    @property
-    def payloads(self) -> list[bytes]:
-        """The events, each as encoded JSON (rebuilt from the frame once they were released)."""
-        if self._payloads is None:
-            events = decode_frame(next(iter(self._data.values()))).events
-            self._payloads = [orjson.dumps(e) for e in events]
-        return self._payloads
+    def add(self, conn: Any) -> None:
+        transport = getattr(conn, "transport", None)
+        if transport is not None and conn.caught_up():
+            self.fast.add(conn, transport)
+        else:
+            self.slow.add(conn)
 
-    def settle(self) -> None:
-        """Keep only the compressed frames once the broadcast is done (what history holds).
+    def discard(self, conn: Any) -> None:
+        if not self.fast.discard(conn):
+            self.slow.discard(conn)
 
-        The payload list and the WebSocket-wrapped copies are 5-50x the compressed size; the slow
-        paths that need them again (replay in another codec, coalescing) rebuild them.
-        """
-        if self._data:
-            self._payloads = None
-        self._wire = {}
+    def lag(self, conn: Any) -> None:
+        """Take a connection out of the broadcast: its frames go through deliver() now."""
+        if self.fast.discard(conn):
+            self.slow.add(conn)
 
-    def data(self, codec: Codec, encoder: FrameEncoder) -> bytes:
-        """The protocol frame for this codec (docs/PROTOCOL.md)."""
-        frame = self._data.get(codec)
-        if frame is None:
-            # Int keys (not the enum) keep the dict of bytes untracked by the collector.
-            frame = self._data[int(codec)] = encoder.encode(
-                self.seq, self.payloads, codec, self.kind
-            )
-        return frame
+    def catch_up(self, conn: Any) -> None:
+        """Put a connection whose queue has drained back into the broadcast."""
+        if conn in self.slow:
+            self.slow.discard(conn)
+            self.fast.add(conn, conn.transport)
 
-    def wire(self, codec: Codec, encoder: FrameEncoder) -> bytes:
-        """The protocol frame inside its WebSocket header, built once for every socket."""
-        wire = self._wire.get(codec)
-        if wire is None:
-            frame = self.data(codec, encoder)
-            wire = self._wire[codec] = ws_header(len(frame)) + frame
-        return wire
+    def deliver(self, frame: Frame, codec: Codec, encoder: FrameEncoder, limit: int) -> int:
+        """Hand a frame to everyone; return how many the broadcast wrote (the rest count own)."""
+        slow = tuple(self.slow)
+        sent = 0
+        if len(self.fast):
+            rest = self.fast.send(frame.wire(codec, encoder), limit)
+            sent = len(self.fast) - len(rest)
+            for conn in rest:  # closing or over its buffer: its own path decides
+                self.lag(conn)
+                conn.deliver(frame)
+        for conn in slow:
+            conn.deliver(frame)
+        return sent
 
 
 class Channel:
@@ -149,7 +138,7 @@ class Channel:
         # At 100,000 channels the collector's full pass grows with every object a channel keeps.
         self.conflator: Conflator | None = Conflator()
         self.history: deque[Frame] = deque(maxlen=history_frames)
-        self.subscribers: dict[Codec, set[Any]] = {}
+        self.subscribers: dict[Codec, Subscribers] = {}
         self.opened_ms: float | None = None  # first event of the pending window (metrics)
         self.versions: dict[str, int] = {}  # the newest version taken, per versioned key
 
@@ -193,7 +182,10 @@ class Hub:
         zstd_level: int,
         history_frames: int,
         history_age_s: float,
+        send_buffer_limit: int = 1 << 20,
     ) -> None:
+        # A socket holding this many unsent bytes leaves the broadcast and queues (its policy).
+        self.send_buffer_limit = send_buffer_limit
         self.scheduler = WindowScheduler(window_min_ms, window_max_ms)
         self.encoder = FrameEncoder(compression_threshold, zstd_level)
         self.history_frames = history_frames
@@ -261,6 +253,15 @@ class Hub:
         for ch in stale:
             self._drop_channel(ch)
         return len(stale)
+
+    def history_bytes(self) -> int:
+        """Bytes the resume history holds: every kept frame's bytes and its objects."""
+        total = 0
+        for ch in self._channels.values():
+            total += sys.getsizeof(ch.history)
+            for frame in ch.history:
+                total += frame.nbytes()
+        return total
 
     def now_ms(self) -> float:
         assert self._loop is not None, "Hub.bind(loop) first"
@@ -380,9 +381,9 @@ class Hub:
             ch.history.popleft()
         self.metrics.frames_flushed += 1
         self.metrics.events_out += len(payloads)
-        for subs in ch.subscribers.values():
-            for conn in tuple(subs):
-                conn.deliver(frame)
+        limit = self.send_buffer_limit
+        for codec, subs in ch.subscribers.items():
+            self.metrics.frames_sent += subs.deliver(frame, codec, self.encoder, limit)
         frame.settle()
         if ch.opened_ms is not None:
             self.window_lengths.record(max(0.0, now - ch.opened_ms) / 1000.0)
@@ -417,7 +418,11 @@ class Hub:
         if resume_seq is not None:
             self.metrics.resumes += 1
             self._replay(ch, conn, resume_epoch, resume_seq)
-        ch.subscribers.setdefault(conn.codec, set()).add(conn)
+        group = ch.subscribers.get(conn.codec)
+        if group is None:
+            group = ch.subscribers[conn.codec] = Subscribers()
+        conn.group = group
+        group.add(conn)
         self.connections.add(conn)
         self.metrics.connections = len(self.connections)
         return ch
@@ -453,6 +458,7 @@ class Hub:
             subs.discard(conn)
             if not subs:
                 del ch.subscribers[conn.codec]
+        conn.group = None
         if ch.properties is not None and not ch.subscribers and ch.key in self._channels:
             self._drop_channel(ch)
 

@@ -5,8 +5,9 @@ dict, an await and the protocol's own framing (~2x the kernel's cost of the writ
 docs/REALTIME.md); here the WebSocket header is built once per frame and the bytes are written
 synchronously. Handshake, pings, pongs and closes stay in uvicorn's code.
 
-It touches uvicorn's private attributes (transport, conn, close_sent, writable): uvicorn is pinned
-to a minor version and tests/app/realtime exercise this class against a real server.
+It touches uvicorn's private attributes (transport, conn, close_sent, disconnected,
+handshake_complete, queue, loop, writable): uvicorn is pinned to a minor version and
+tests/app/realtime exercise this class against a real server.
 """
 
 from __future__ import annotations
@@ -39,12 +40,20 @@ class PreparedSender:
     def __init__(self, proto: StreamWebSocketProtocol) -> None:
         self._proto = proto
 
+    @property
+    def transport(self) -> Any:
+        """The connection's transport, for a broadcast that writes to many at once."""
+        return self._proto.transport
+
     def send(self, wire: bytes) -> bool:
         """Write a prepared frame (header + payload); False once the socket is closing."""
         p = self._proto
         if p.close_sent or p.disconnected or not p.handshake_complete:
             return False
-        p.transport.write(wire)
+        try:
+            p.transport.write(wire)
+        except RuntimeError:  # uvloop: the handle closed before connection_lost ran
+            return False
         return True
 
     def buffered(self) -> int:

@@ -1,0 +1,123 @@
+"""Frames as the hub keeps them: one flushed window (or control message), bytes built once.
+
+A Frame holds its events until the broadcast is done, then only its compressed bytes (what the
+history keeps); the slow paths (replay in another codec, coalescing a lagging socket's queue)
+rebuild what they need from those.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import orjson
+
+from streamcore import Codec, Conflator, FrameEncoder, FrameKind
+from streamcore.protocol import decode_frame
+
+from .ws_protocol import ws_header
+
+
+class Frame:
+    """One flushed window (or control message), its bytes built lazily once per codec."""
+
+    __slots__ = ("_data", "_keys", "_payloads", "_wire", "kind", "seq", "t")
+
+    def __init__(
+        self,
+        seq: int,
+        kind: int,
+        payloads: list[bytes] | None,
+        data: dict[int, bytes] | None = None,
+        t: float = 0.0,
+    ) -> None:
+        self.seq = seq
+        self.kind = kind
+        self._payloads = payloads
+        self._data: dict[int, bytes] = data or {}
+        self._wire: dict[Codec, bytes] = {}
+        self._keys: list[str | None] | None = None
+        self.t = t
+
+    def keys(self) -> list[str | None]:
+        """Each event's conflation key (None: keep it), parsed once for every lagging socket."""
+        if self._keys is None:
+            self._keys = conflation_keys(self.payloads)
+        return self._keys
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """The events, each as encoded JSON (rebuilt from the frame once they were released)."""
+        if self._payloads is None:
+            events = decode_frame(next(iter(self._data.values()))).events
+            self._payloads = [orjson.dumps(e) for e in events]
+        return self._payloads
+
+    def nbytes(self) -> int:
+        """Memory this frame holds: its objects and the bytes it keeps."""
+        total = sys.getsizeof(self) + sys.getsizeof(self._data) + sys.getsizeof(self._wire)
+        total += sum(sys.getsizeof(b) for b in self._data.values())
+        total += sum(sys.getsizeof(b) for b in self._wire.values())
+        if self._payloads is not None:
+            total += sys.getsizeof(self._payloads) + sum(sys.getsizeof(p) for p in self._payloads)
+        return total
+
+    def settle(self) -> None:
+        """Keep only the compressed frames once the broadcast is done (what history holds).
+
+        The payload list and the WebSocket-wrapped copies are 5-50x the compressed size; the slow
+        paths that need them again (replay in another codec, coalescing) rebuild them.
+        """
+        if self._data:
+            self._payloads = None
+        self._wire = {}
+
+    def data(self, codec: Codec, encoder: FrameEncoder) -> bytes:
+        """The protocol frame for this codec (docs/PROTOCOL.md)."""
+        frame = self._data.get(codec)
+        if frame is None:
+            # Int keys (not the enum) keep the dict of bytes untracked by the collector.
+            frame = self._data[int(codec)] = encoder.encode(
+                self.seq, self.payloads, codec, self.kind
+            )
+        return frame
+
+    def wire(self, codec: Codec, encoder: FrameEncoder) -> bytes:
+        """The protocol frame inside its WebSocket header, built once for every socket."""
+        wire = self._wire.get(codec)
+        if wire is None:
+            frame = self.data(codec, encoder)
+            wire = self._wire[codec] = ws_header(len(frame)) + frame
+        return wire
+
+
+def coalesced_note(seq: int, first_seq: int) -> Frame:
+    """The control frame announcing that the next event frame merges first_seq..seq."""
+    body = orjson.dumps({"type": "coalesced", "first_seq": first_seq, "seq": seq})
+    return Frame(seq, FrameKind.CONTROL, [body])
+
+
+def conflation_keys(payloads: list[bytes]) -> list[str | None]:
+    """The key each event conflates on, None for the ones that must all be kept.
+
+    An event is conflatable when its envelope has a "key" and not "conflatable": false
+    (events.state() and POST /v2/realtime/publish build envelopes that way).
+    """
+    keys: list[str | None] = []
+    for payload in payloads:
+        try:
+            head = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            head = None
+        key = head.get("key") if isinstance(head, dict) else None
+        keyed = isinstance(key, str) and head.get("conflatable", True) is not False
+        keys.append(key if keyed else None)
+    return keys
+
+
+def coalesce_payloads(frames: list[Frame]) -> list[bytes]:
+    """Merge several windows into one: conflatable events by key (latest wins), facts all kept."""
+    conflator = Conflator()
+    for frame in frames:
+        for key, payload in zip(frame.keys(), frame.payloads, strict=True):
+            conflator.push(key, payload, key is not None)
+    return conflator.drain()
