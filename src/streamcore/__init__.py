@@ -1,13 +1,15 @@
 """streamcore: the compiled hot path of a realtime stream.
 
 Conflation by entity key, adaptive batch windows, frames with threshold compression, and
-log-bucketed histograms. The core never reads the clock and never does I/O: callers pass `now`
-in and take bytes and numbers out.
+log-bucketed histograms, and the broadcast of one frame to many transports. The core never reads
+the clock and never does I/O of its own: callers pass `now` in and take bytes and numbers out
+(the broadcast calls the transports it is given).
 """
 
 from .errors import CorruptDataError, StreamcoreError, StreamcoreTypeError, StreamcoreValueError
 
 try:
+    from ._broadcast import Broadcast
     from ._conflation import Conflator, IntConflator
     from ._frames import Codec, FrameEncoder
     from ._histogram import Histogram
@@ -27,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveWindow",
+    "Broadcast",
     "Codec",
     "Conflator",
     "CorruptDataError",

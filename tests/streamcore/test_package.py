@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamcore
 
-COMPILED = ("_conflation", "_frames", "_histogram", "_window")
+COMPILED = ("_broadcast", "_conflation", "_frames", "_histogram", "_window")
 
 
 def test_every_public_name_is_exported() -> None:

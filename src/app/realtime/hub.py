@@ -22,8 +22,15 @@ from typing import Any
 
 import orjson
 
-from streamcore import Codec, Conflator, FrameEncoder, FrameKind, Histogram, WindowScheduler
-from streamcore._broadcast import Broadcast
+from streamcore import (
+    Broadcast,
+    Codec,
+    Conflator,
+    FrameEncoder,
+    FrameKind,
+    Histogram,
+    WindowScheduler,
+)
 
 from ..events import Event
 from .frames import Frame
