@@ -9,10 +9,12 @@ bounded in count and time; every process is stopped by its pid. Servers (same ru
 - encode-once: a pure-Python server, 50 ms windows, latest-wins, one orjson + zstd per batch,
   `await send_bytes` to each client;
 - floor: the same number of bytes per frame written with `socket.send` to the same number of
-  plain TCP sockets (what the kernel costs; no WebSocket, no encoding).
+  plain TCP sockets (what the kernel costs; no WebSocket, no encoding), while running the same
+  event generator with the least a server can do with an event (keep the latest per key).
 
 Each server generates its own events (the same generator: `--rate` events/s over `--orgs` orgs,
-`--keys` keys per org, each payload carrying its creation time), so all pay the same ingest.
+`--keys` keys per org, each payload carrying its creation time), so all pay the same cost of
+making the load; the floor too, so a ratio to it is the server's work, not the generator's.
 Reported per server: delivered events/s, frames/s, bytes/s, delivery latency p50/p95/p99
 (creation -> received, sampled clients), server CPU-µs per frame sent, RSS, and RSS per idle
 connection; plus CPU per frame as a ratio to the floor.
@@ -120,6 +122,20 @@ def serve_streamcore(port: int, args: argparse.Namespace) -> None:
     def emit(org: int, key: str, payload: bytes) -> None:
         app.state.events.publish(Event(org, key, True, payload))
 
+    def status() -> None:
+        # What the orchestrator cannot see from outside: the history held, the windows chosen.
+        hub = app.state.hub
+        windows = [hub.scheduler.window_ms(ch.sched_id) for ch in hub._channels.values()]
+        Path(args.status).write_text(
+            json.dumps(
+                {
+                    "history_bytes": hub.history_bytes(),
+                    "window_ms": sum(windows) / len(windows) if windows else 0.0,
+                }
+            )
+        )
+
+    signal.signal(signal.SIGUSR2, lambda *_: status())
     run_uvicorn(app, port, args, emit, ws="app.realtime.ws_protocol:StreamWebSocketProtocol")
 
 
@@ -232,6 +248,11 @@ def serve_floor(port: int, args: argparse.Namespace) -> None:
                 org = int((await loop.sock_recv(conn, 16)).split(b"\n")[0] or b"1")
                 socks.setdefault(org, []).append(conn)
 
+        pending: dict[int, dict[str, bytes]] = {}
+
+        def emit(org: int, key: str, payload: bytes) -> None:
+            pending.setdefault(org, {})[key] = payload
+
         async def flush() -> None:
             next_at = loop.time()
             while True:
@@ -239,13 +260,19 @@ def serve_floor(port: int, args: argparse.Namespace) -> None:
                 # the floor's cycle with the client count and under-count what it can deliver.
                 next_at += 0.05
                 await asyncio.sleep(max(0.0, next_at - loop.time()))
+                pending.clear()
                 for org_socks in socks.values():
                     for s in org_socks:
                         with contextlib.suppress(BlockingIOError, OSError):
                             s.send(frame)
 
+        def go() -> None:
+            if args.server == "floor":  # floor_bare: the kernel alone, as earlier runs measured
+                tasks.append(loop.create_task(generate(args.rate, args.orgs, args.keys, emit)))
+            tasks.append(loop.create_task(flush()))
+
         tasks = [loop.create_task(accept())]
-        loop.add_signal_handler(signal.SIGUSR1, lambda: tasks.append(loop.create_task(flush())))
+        loop.add_signal_handler(signal.SIGUSR1, go)
         await stop.wait()
 
     import uvloop
@@ -375,7 +402,7 @@ def run_clients(args: argparse.Namespace) -> None:
         protos = []
         for i, org in enumerate(orgs):
             sample = (args.first + i) % SAMPLE_EVERY == 0
-            if args.server == "floor":
+            if args.server.startswith("floor"):
                 hs = f"{org}\n".encode()
             else:
                 path = f"/v2/realtime/stream?codec=zstd&org={org}&access_token={tokens[org]}"
@@ -384,7 +411,7 @@ def run_clients(args: argparse.Namespace) -> None:
                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                     "Sec-WebSocket-Version: 13\r\n\r\n"
                 ).encode()
-            proto = Counter(stats, sample, args.server == "floor", hs)
+            proto = Counter(stats, sample, args.server.startswith("floor"), hs)
             proto.org = org
             try:
                 await loop.create_connection(lambda p=proto: p, "127.0.0.1", args.port)
@@ -446,6 +473,8 @@ class Result:
     idle_kb_per_conn: float
     clients_cpu: float = 0.0  # cores the client processes used: what caps a loopback run
     x_floor: float = 0.0
+    history_mb: float = 0.0  # what streamcore's resume history held at the end
+    window_ms: float = 0.0  # the window the expected frames are counted against
 
 
 def pct(values: list[float], q: float) -> float:
@@ -584,6 +613,21 @@ class Clients:
             stop(c, signal.SIGKILL)
 
 
+def server_status(server: subprocess.Popen[Any], path: Path, timeout: float = 10) -> dict[str, Any]:
+    """Ask the streamcore server for its status file (SIGUSR2) and read it."""
+    os.kill(server.pid, signal.SIGUSR2)
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, "the server wrote no status"
+        time.sleep(0.05)
+    for _ in range(100):  # written in one call, but read it whole
+        try:
+            return dict(json.loads(path.read_text()))
+        except json.JSONDecodeError:
+            time.sleep(0.05)
+    raise AssertionError("unreadable status file")
+
+
 def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
     port = free_port()
     cmd = [
@@ -592,6 +636,8 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
         *("--rate", str(args.rate), "--orgs", str(args.orgs), "--keys", str(args.keys)),
         *("--frame-bytes", str(frame_bytes), "--window-ms", str(args.window_ms)),
     ]
+    status_path = Path(tempfile.mkdtemp(prefix="ws_load_status_")) / "status.json"
+    cmd += ["--status", str(status_path)]
     server = subprocess.Popen(cmd, cwd=ROOT, env=ENV)
     clients: Clients | None = None
     try:
@@ -613,7 +659,9 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
         totals = clients.report()
         dt = t1 - t0
         connected = args.clients - failed
-        per_conn_frames_s = {"naive": args.rate / args.orgs}.get(name, 20.0)
+        status = server_status(server, status_path) if name == "streamcore" else {}
+        window_ms = status.get("window_ms") or args.window_ms or 50.0
+        per_conn_frames_s = {"naive": args.rate / args.orgs}.get(name, 1000.0 / window_ms)
         return Result(
             server=name,
             clients=args.clients,
@@ -621,7 +669,7 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
             seconds=round(dt, 2),
             expected_frames_s=round(connected * per_conn_frames_s),
             frames_s=round(totals["frames"] / dt),
-            events_s=round(totals["events"] * SAMPLE_EVERY / dt) if name != "floor" else 0,
+            events_s=0 if name.startswith("floor") else round(totals["events"] * SAMPLE_EVERY / dt),
             mbytes_s=round(totals["bytes"] / dt / 1e6, 2),
             p50_ms=round(pct(totals["lat"], 50), 1),
             p95_ms=round(pct(totals["lat"], 95), 1),
@@ -631,6 +679,8 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
             rss_mb=round(rss / 1024, 1),
             idle_kb_per_conn=round(idle_kb, 1),
             clients_cpu=round((ccpu1 - ccpu0) / dt, 2),
+            history_mb=round(status.get("history_bytes", 0) / 2**20, 1),
+            window_ms=round(window_ms, 1),
         )
     finally:
         if clients is not None:
@@ -638,13 +688,74 @@ def run_server(name: str, args: argparse.Namespace, frame_bytes: int) -> Result:
         stop(server)
 
 
+# Targets read against the same run (met / MISSED), per client count where they apply.
+TARGET_X_FLOOR = 1.3  # server CPU per frame sent, over the floor's
+TARGET_VS_ENCODE_ONCE = 1.5  # times cheaper per frame than the encode-once server
+TARGET_IDLE_KB = 16.0  # RSS per idle connection
+TARGET_DELIVERED = 0.95  # frames delivered over expected
+
+
+def raise_nofile(connections: int) -> None:
+    """Let this process and its children hold `connections` sockets (plus some slack)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = connections + 1024
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+
+
+def verdicts(results: list[Result]) -> list[str]:
+    """The issue's targets, each met or MISSED with the measured figure."""
+    lines = []
+
+    def say(ok: bool, text: str) -> None:
+        lines.append(f"- {text}: {'met' if ok else 'MISSED'}")
+
+    for n in sorted({r.clients for r in results}):
+        at = {r.server: r for r in results if r.clients == n}
+        sc, floor, eo = at.get("streamcore"), at.get("floor"), at.get("encode_once")
+        if sc is None:
+            continue
+        share = sc.frames_s / max(1.0, sc.expected_frames_s)
+        say(
+            share >= TARGET_DELIVERED,
+            f"{n} clients: frames delivered {100 * share:.1f} % (>= 95 %)",
+        )
+        if floor is not None and floor.cpu_us_per_frame:
+            x = sc.cpu_us_per_frame / floor.cpu_us_per_frame
+            say(x <= TARGET_X_FLOOR, f"{n} clients: CPU per frame {x:.2f}x the floor (<= 1.3x)")
+        if eo is not None and sc.cpu_us_per_frame:
+            r = eo.cpu_us_per_frame / sc.cpu_us_per_frame
+            say(
+                r >= TARGET_VS_ENCODE_ONCE,
+                f"{n} clients: {r:.2f}x cheaper than encode-once (>= 1.5x)",
+            )
+        if n == 1000:
+            say(
+                sc.idle_kb_per_conn <= TARGET_IDLE_KB,
+                f"RSS per idle connection {sc.idle_kb_per_conn:g} KB (<= 16 KB)",
+            )
+            if eo is not None:
+                say(
+                    sc.rss_mb <= eo.rss_mb + sc.history_mb,
+                    f"RSS {sc.rss_mb:g} MB against encode-once {eo.rss_mb:g} MB + history "
+                    f"{sc.history_mb:g} MB",
+                )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--role", default="main", choices=["main", "server", "clients"])
     p.add_argument("--server", default="streamcore")
     p.add_argument("--servers", default="streamcore,encode_once,naive,floor")
-    p.add_argument("--clients", type=int, default=1000)
-    p.add_argument("--client-procs", type=int, default=2)
+    p.add_argument(
+        "--clients",
+        default="1000",
+        help="main: client counts, comma-separated (each runs every server); clients: one count",
+    )
+    p.add_argument("--client-procs", type=int, default=0, help="0: one per 2,500 clients, >= 2")
     p.add_argument("--rate", type=int, default=10_000)
     p.add_argument("--orgs", type=int, default=10)
     p.add_argument("--keys", type=int, default=200)
@@ -662,11 +773,12 @@ def main(argv: list[str] | None = None) -> int:
         help="streamcore's window (min = max), 50 like encode-once; 0 = adaptive",
     )
     p.add_argument("--json")
+    p.add_argument("--status", help="server: where SIGUSR2 writes the hub's status")
     args = p.parse_args(argv)
     if args.role == "server":
         if args.server == "streamcore":
             serve_streamcore(args.port, args)
-        elif args.server == "floor":
+        elif args.server in ("floor", "floor_bare"):
             serve_floor(args.port, args)
         else:
             serve_python(args.port, args, naive=args.server == "naive")
@@ -674,27 +786,36 @@ def main(argv: list[str] | None = None) -> int:
     if args.role == "clients":
         run_clients(args)
         return 0
+    counts = [int(c) for c in str(args.clients).split(",")]
+    raise_nofile(max(counts))
     results: list[Result] = []
-    frame_bytes = 0
-    for name in args.servers.split(","):
-        if name == "floor":
-            # The floor writes frames of streamcore's mean size (or a typical one if not run).
-            sc = next((r for r in results if r.server == "streamcore"), None)
-            frame_bytes = int(sc.mbytes_s * 1e6 / sc.frames_s) if sc and sc.frames_s else 2000
-        results.append(run_server(name, args, frame_bytes))
-        print(json.dumps(asdict(results[-1])), flush=True)
-    floor = next((r for r in results if r.server == "floor"), None)
-    for r in results:
-        if floor and floor.cpu_us_per_frame:
-            r.x_floor = round(r.cpu_us_per_frame / floor.cpu_us_per_frame, 2)
+    for n in counts:
+        at = argparse.Namespace(**vars(args))
+        at.clients = n
+        at.client_procs = args.client_procs or max(2, -(-n // 2500))
+        frame_bytes = 0
+        mine: list[Result] = []
+        for name in args.servers.split(","):
+            if name.startswith("floor"):
+                # The floor writes frames of streamcore's mean size (or a typical one if not run).
+                sc = next((r for r in mine if r.server == "streamcore"), None)
+                frame_bytes = int(sc.mbytes_s * 1e6 / sc.frames_s) if sc and sc.frames_s else 2000
+            mine.append(run_server(name, at, frame_bytes))
+            print(json.dumps(asdict(mine[-1])), flush=True)
+        floor = next((r for r in mine if r.server == "floor"), None)
+        for r in mine:
+            if floor and floor.cpu_us_per_frame:
+                r.x_floor = round(r.cpu_us_per_frame / floor.cpu_us_per_frame, 2)
+        results += mine
     head = (
         f"{'server':<12}{'clients':>8}{'frames/s':>10}{'expected':>10}{'events/s':>10}"
         f"{'MB/s':>7}{'p50':>7}{'p95':>7}{'p99 ms':>8}{'CPU µs/fr':>10}{'x floor':>8}"
         f"{'CPU':>6}{'RSS MB':>8}{'KB/idle':>8}{'clients CPU':>12}"
     )
+    window = f"{args.window_ms:g} ms windows" if args.window_ms else "default (adaptive) windows"
     print(
-        f"\nws_load: {args.clients} clients, {args.orgs} orgs, {args.rate} events/s, "
-        f"{args.seconds:g} s measured"
+        f"\nws_load: {args.orgs} orgs, {args.rate} events/s, {window}, {args.seconds:g} s "
+        f"measured per server"
     )
     print(head)
     for r in results:
@@ -704,6 +825,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r.cpu_us_per_frame:>10}{r.x_floor:>8}{r.cpu_util:>6}{r.rss_mb:>8}"
             f"{r.idle_kb_per_conn:>8}{r.clients_cpu:>12}"
         )
+    lines = verdicts(results)
+    if lines:
+        print("\nTargets (same run):")
+        print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps([asdict(r) for r in results], indent=2))
     return 0
