@@ -130,3 +130,56 @@ def test_real_uvloop_transports_receive_the_same_bytes_in_order() -> None:
             b.close()
 
     uvloop.run(main())
+
+
+def test_a_socket_that_takes_part_of_a_frame_gets_the_rest_through_its_transport_in_order() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        b.setblocking(False)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        group = Broadcast()
+        group.add("peer", transport)
+        frames = [bytes([65 + n]) * 50_000 for n in range(6)]
+        handed_back = []
+        for frame in frames:  # the peer reads nothing yet: the kernel takes part, then none
+            rest = group.send(frame, 1 << 30)
+            handed_back += rest
+        assert not handed_back  # the limit was never reached: all went in, some queued
+        assert transport.get_write_buffer_size() > 0  # the transport holds what send() left
+        got = bytearray()
+        want = b"".join(frames)
+        deadline = loop.time() + 10
+        while len(got) < len(want):
+            assert loop.time() < deadline, len(got)
+            try:
+                got += b.recv(1 << 16)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+        assert bytes(got) == want
+        transport.abort()
+        b.close()
+
+    uvloop.run(main())
+
+
+def test_a_full_transport_is_handed_back_once_it_holds_the_limit() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        a, b = socket.socketpair()
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        transport, _ = await loop.create_connection(asyncio.Protocol, sock=a)
+        group = Broadcast()
+        group.add("peer", transport)
+        for _ in range(100):
+            if group.send(b"x" * 10_000, 64_000):
+                break
+        else:
+            raise AssertionError("never handed back")
+        assert transport.get_write_buffer_size() >= 64_000
+        transport.abort()
+        b.close()
+
+    uvloop.run(main())
