@@ -23,13 +23,33 @@ RESULTS = ROOT / "benchmarks" / "results"
 REPORT = ROOT / "BENCHMARKS.md"
 COMMAND = "make bench"
 
-# End-to-end load harnesses: (title, module, args). Each starts its own servers on loopback, bounds
-# its load in count and time, prints a report that compares with its same-run baseline, and writes
-# its rows as JSON with --json.
+# End-to-end load harnesses: (title, module, args), or (title, "module:variant", args) for a second
+# run of one module. Each starts its own servers on loopback, bounds its load in count and time,
+# prints a report that compares with its same-run baseline, and writes its rows as JSON (--json).
+WS_SERVERS = "streamcore,encode_once,floor,floor_bare"
 HARNESSES: list[tuple[str, str, list[str]]] = [
     ("HTTP API on loopback (embedded SQLite)", "benchmarks.api_load", []),
     ("Idempotency layer: latency added to a POST", "benchmarks.idempotency_load", []),
-    ("Realtime stream on loopback", "benchmarks.ws_load", []),
+    (
+        "Realtime stream on loopback: 50 ms windows, against encode-once and the floor",
+        "benchmarks.ws_load",
+        ["--clients", "1000,3000", "--servers", WS_SERVERS],
+    ),
+    (
+        "Realtime stream on loopback: default (adaptive) windows",
+        "benchmarks.ws_load:default",
+        ["--clients", "1000,3000", "--servers", "streamcore", "--window-ms", "0"],
+    ),
+    (
+        "Realtime stream on loopback: 10,000 clients",
+        "benchmarks.ws_load:10k",
+        ["--clients", "10000", "--servers", "streamcore,floor,floor_bare", "--seconds", "6"],
+    ),
+    (
+        "Broadcast loop: instructions per subscriber and frame (callgrind)",
+        "benchmarks.broadcast_callgrind",
+        [],
+    ),
     ("The seed's SLO table under load", "benchmarks.slo_load", []),
     ("100,000 orgs: idle channels, connections, hot orgs", "benchmarks.scale_sim", []),
     ("Scaling curves (docs/scaling-clients.png, docs/scaling-rate.png)", "benchmarks.scaling", []),
@@ -59,20 +79,24 @@ def run_pytest(json_path: Path, args: list[str]) -> int:
 class HarnessRun:
     title: str
     module: str
+    args: list[str]
     code: int
     text: str
     seconds: float
 
 
 def run_harness(title: str, module: str, args: list[str]) -> HarnessRun:
-    name = module.rsplit(".", 1)[-1]
-    cmd = [sys.executable, "-m", module, *args, "--json", str(RESULTS / f"{name}.json")]
+    name = module.rsplit(".", 1)[-1].replace(":", "_")
+    cmd = [sys.executable, "-m", module.split(":")[0], *args]
+    cmd += ["--json", str(RESULTS / f"{name}.json")]
     print("+", " ".join(cmd), flush=True)
     start = time.monotonic()
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
     print(done.stdout, end="")
     print(done.stderr, end="", file=sys.stderr)
-    return HarnessRun(title, module, done.returncode, done.stdout.strip(), time.monotonic() - start)
+    return HarnessRun(
+        title, module, args, done.returncode, done.stdout.strip(), time.monotonic() - start
+    )
 
 
 def _fmt_time(seconds: float) -> str:
@@ -164,7 +188,7 @@ def harness_section(h: HarnessRun, note: str = "") -> list[str]:
     return [
         f"## {h.title}{status}",
         "",
-        f"`python -m {h.module}` ({h.seconds:.0f} s{note}):",
+        f"`{' '.join(['python -m', h.module.split(':')[0], *h.args])}` ({h.seconds:.0f} s{note}):",
         "",
         "```",
         h.text,
