@@ -35,6 +35,31 @@ CLOSE_POLICY = 1008
 class Connection:
     """A subscriber of one channel."""
 
+    # Slots, not a __dict__: thousands of idle connections each keep one of these.
+    __slots__ = (
+        "_close",
+        "_encoder",
+        "_in_flight",
+        "_max_bytes",
+        "_max_frames",
+        "_metrics",
+        "_pending_close",
+        "_policy",
+        "_prepared",
+        "_queue",
+        "_queued_bytes",
+        "_send_bytes",
+        "_wake",
+        "_writer",
+        "channel",
+        "close_code",
+        "codec",
+        "group",
+        "id",
+        "org_id",
+        "user_id",
+    )
+
     def __init__(
         self,
         conn_id: str,
@@ -66,12 +91,14 @@ class Connection:
         self._metrics = metrics
         self._encoder = encoder
         # Entries: (Frame, coalesced-from seq or 0). Frames are shared with the channel's history.
-        self._queue: deque[tuple[Any, int]] = deque()
+        # Made on the first frame that has to wait, with the writer that drains them: an idle or
+        # caught-up connection keeps neither (a deque and an Event with its own are ~1.7 KB).
+        self._queue: deque[tuple[Any, int]] | None = None
         self._queued_bytes = 0
-        self._wake = asyncio.Event()
-        self.closed = asyncio.Event()
+        self._wake: asyncio.Event | None = None
         self.close_code: int | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._pending_close: tuple[int, str] | None = None  # the ASGI path's close, for the writer
         # The writer holds a frame it took off the queue: the direct path must wait behind it.
         self._in_flight = False
 
@@ -97,7 +124,13 @@ class Connection:
 
     def _start_writer(self) -> None:
         if self._writer is None:
+            if self._wake is None:
+                self._wake = asyncio.Event()
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _wake_writer(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
 
     async def stop(self) -> None:
         if self._writer is not None:
@@ -136,10 +169,14 @@ class Connection:
     def _enqueue(self, frame: Frame, coalesced_from: int) -> None:
         if self.group is not None:
             self.group.lag(self)  # out of the broadcast until the queue has drained
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append((frame, coalesced_from))
         self._queued_bytes += len(frame.data(self.codec, self._encoder))
         if len(self._queue) > self._max_frames or self._queued_bytes > self._max_bytes:
             self._overflow()
+        if self._wake is None:
+            self._wake = asyncio.Event()
         self._wake.set()
         if self._prepared is not None and self._writer is None:
             with contextlib.suppress(RuntimeError):  # no running loop yet: start() does it
@@ -153,8 +190,9 @@ class Connection:
         self.shutdown(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def _coalesce(self) -> bool:
-        controls = [e for e in self._queue if e[0].kind == FrameKind.CONTROL]
-        events = [e for e in self._queue if e[0].kind == FrameKind.EVENTS]
+        queue = self._queue or ()
+        controls = [e for e in queue if e[0].kind == FrameKind.CONTROL]
+        events = [e for e in queue if e[0].kind == FrameKind.EVENTS]
         if len(events) < 2:
             return False
         first = events[0][1] or events[0][0].seq
@@ -174,39 +212,37 @@ class Connection:
         if self.close_code is not None:
             return
         self.close_code = code
-        self._queue.clear()
+        self._queue = None
         self._queued_bytes = 0
         if self.group is not None:
             self.group.lag(self)  # deliver() ignores it from now on; the broadcast must too
         if self._prepared is not None:
             self._prepared.close_now(code, reason)
-            self.closed.set()
         else:
             self._pending_close = (code, reason)
-        self._wake.set()
+        self._wake_writer()
 
     def _mark_closed(self, code: int) -> None:
         if self.close_code is None:
             self.close_code = code
         if self.group is not None:
             self.group.lag(self)
-        self._queue.clear()
-        self.closed.set()
-        self._wake.set()
+        self._queue = None
+        self._wake_writer()
 
     # -- the writer task -----------------------------------------------------------------------
 
     async def _write_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None, "made by _start_writer"
         try:
             while True:
-                await self._wake.wait()
-                self._wake.clear()
+                await wake.wait()
+                wake.clear()
                 if self.close_code is not None:
-                    pending = getattr(self, "_pending_close", None)
-                    if pending is not None:
+                    if self._pending_close is not None:
                         with contextlib.suppress(Exception):
-                            await self._close(*pending)
-                    self.closed.set()
+                            await self._close(*self._pending_close)
                     return
                 while self._queue and self.close_code is None:
                     # Taken off before the write: a coalesce meanwhile must not merge a frame
