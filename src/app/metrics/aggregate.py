@@ -118,6 +118,7 @@ def _connections(snap: Snapshot, per_org_cap: int, per_user_cap: int) -> dict[st
             "org_cap": c.get("realtime_refused_org_cap", 0),
             "auth": c.get("realtime_refused_auth", 0),
             "bad_request": c.get("realtime_refused_bad_request", 0),
+            "unavailable": c.get("realtime_refused_unavailable", 0),
         },
     }
 

@@ -49,7 +49,7 @@ REALTIME_COUNTERS = (
         "State events older than one already taken.",
     ),
 )
-REFUSALS = ("user_cap", "org_cap", "auth", "bad_request")
+REFUSALS = ("user_cap", "org_cap", "auth", "bad_request", "unavailable")
 IDEMPOTENCY_COUNTERS = (
     ("idempotency_claims", "idempotency_claims", "Idempotency keys claimed by a request."),
     ("idempotency_stored", "idempotency_stored", "Responses stored under a key."),

@@ -2,7 +2,8 @@
 
 Refusals at the handshake are HTTP answers (the ASGI `websocket.http.response` extension): 403 for
 a missing or bad token, 400 for a bad query, 404 for a property not in the org, 429 with
-Retry-After over a connection cap, each with the API's JSON error body. A server without the
+Retry-After over a connection cap, 503 when the caps' store (Redis) cannot answer, each with the
+API's JSON error body. A server without the
 extension gets a close with code 1008 and the same message as the reason.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
@@ -164,6 +166,17 @@ async def stream(ws: WebSocket) -> None:
         lease = Lease(uuid.uuid4().hex, who.user_id, who.org_id)
         try:
             await state.caps.acquire(lease)
+        except (RedisError, OSError):
+            # The shared counts cannot be read: refuse plainly rather than fail the handshake.
+            lease = None
+            metrics.refused_unavailable += 1
+            raise Refusal(
+                503,
+                "service_unavailable",
+                "Connection limits cannot be checked right now; retry later.",
+                details={"retryAfter": CAP_RETRY_AFTER_S},
+                headers={"Retry-After": str(CAP_RETRY_AFTER_S)},
+            ) from None
         except CapExceeded as exc:
             lease = None
             if exc.scope == "user":

@@ -54,6 +54,7 @@ class RealtimeMetrics:
     refused_org_cap: int = 0
     refused_auth: int = 0
     refused_bad_request: int = 0
+    refused_unavailable: int = 0  # the caps' store (Redis) did not answer at the handshake
     slow_disconnects: int = 0
     coalesced: int = 0
     resumes: int = 0

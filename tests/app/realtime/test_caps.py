@@ -82,7 +82,9 @@ async def test_thousands_of_opened_and_dropped_connections_leave_no_count(
 
     try:
         for round_ in range(4):
-            conns = await asyncio.gather(*(open_ws(rt.ws, t["token"]) for _ in range(500)))
+            conns = []
+            for _ in range(5):  # 500 open at once, opened 100 at a time: the drops are the point
+                conns += await asyncio.gather(*(open_ws(rt.ws, t["token"]) for _ in range(100)))
             assert await counted() == 500
             for i, ws in enumerate(conns):
                 if i % 2:
@@ -185,3 +187,24 @@ def test_caps_hold_across_two_server_processes(redis_url: str, tmp_path: Path) -
     finally:
         a.stop()
         b.stop()
+
+
+async def test_a_handshake_while_redis_is_down_is_refused_with_503_not_an_error(
+    rt_factory: Any,
+) -> None:
+    from processes import PrivateRedis
+
+    private = PrivateRedis()  # this test stops its own Redis, never the shared one
+    try:
+        rt = await rt_factory(redis_url=private.url, realtime_redis_prefix="test-caps-down")
+        t = await rt.tenant()
+        ws = await open_ws(rt.ws, t["token"])
+        await hello(ws)
+        await ws.close()
+        private.stop()
+        status, headers, body = await _refused(rt.ws, t["token"])
+        assert status == 503 and headers["Retry-After"] == "5"
+        assert body["error"]["code"] == "service_unavailable"
+        assert rt.hub.metrics.refused_unavailable == 1 and not rt.hub.connections
+    finally:
+        private.stop()
