@@ -257,6 +257,7 @@ cdef struct Channel:
     double rate          # EWMA, events/s
     double length_ms     # grid period of the open window, or (idle) the one set at its close
     double t_ms          # when the window opened (active) or last closed (idle)
+    double last_ms       # deadline of its last closed window (-inf before the first)
     int32_t heap_pos     # -1 when idle
 
 
@@ -459,6 +460,7 @@ cdef class WindowScheduler:
         cdef int64_t slot = <int64_t>self._table[pos] - 1
         cdef Channel* c
         cdef HeapEntry e
+        cdef double after
         if slot < 0:
             if self._n == self._cap or self._n_active == self._heap_cap:
                 return -1
@@ -471,6 +473,7 @@ cdef class WindowScheduler:
             c.rate = 0.0
             c.length_ms = self._rule.min_ms
             c.t_ms = now
+            c.last_ms = -1.0 / 0.0
             c.heap_pos = -1
         else:
             c = &self._chans[slot]
@@ -484,7 +487,10 @@ cdef class WindowScheduler:
         c.length_ms = rule_length(&self._rule, c.rate, self._flush.length_ms)
         c.t_ms = now
         c.events = events
-        e.deadline = grid_deadline(key, c.length_ms, now)
+        # never sooner than half a window after the last deadline: when the length has changed
+        # the new grid would otherwise cut the next window short (an extra flush per channel)
+        after = c.last_ms + 0.5 * c.length_ms
+        e.deadline = grid_deadline(key, c.length_ms, now if now > after else after)
         e.id = key
         e.slot = <int32_t>slot
         self._n_active += 1
@@ -498,6 +504,7 @@ cdef class WindowScheduler:
         cdef Channel* c
         while self._n_active > 0 and self._heap[0].deadline <= now:
             c = &self._chans[self._heap[0].slot]
+            c.last_ms = self._heap[0].deadline
             self._heap_remove(0)
             c.rate = rule_update(&self._rule, c.rate, c.events, now - c.t_ms)
             c.length_ms = rule_length(&self._rule, c.rate, self._flush.length_ms)

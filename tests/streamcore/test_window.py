@@ -255,6 +255,25 @@ def test_busy_channel_flushes_every_window_however_late_the_flush(cls):
 
 
 @pytest.mark.parametrize("cls", SCHEDULERS)
+def test_a_length_change_does_not_cut_the_next_window_short(cls):
+    gaps = []
+    for ch in range(1, 201):
+        s = cls()
+        s.touch(ch, 0.0, events=10_000)  # busy from its first window
+        d = s.next_deadline()
+        for i in range(1, 11):  # a heavy flush load while it is open: the shared length moves
+            s.observe_flush(d * i / 11, 50.0)
+        assert s.length_ms > 30.0
+        s.due(d)
+        s.touch(ch, d + 1.0)
+        length = s.window_ms(ch)
+        gap = s.next_deadline() - d
+        assert length / 2 < gap <= 1.5 * length  # on the new grid, at least half a window on
+        gaps.append(gap / length)
+    assert 0.9 < sum(gaps) / len(gaps) < 1.1  # one window on average: no extra flush
+
+
+@pytest.mark.parametrize("cls", SCHEDULERS)
 def test_flush_later_than_a_whole_window_skips_to_the_next_point(cls):
     s = cls()
     s.touch(3, 0.0)

@@ -216,6 +216,7 @@ class _Channel:
     rate: float = 0.0
     length_ms: float = 0.0
     t_ms: float = 0.0  # when the window opened (active) or last closed (idle)
+    last_ms: float = -math.inf  # deadline of its last closed window
     events: int = 0
     active: bool = False
     deadline: float = 0.0
@@ -266,7 +267,10 @@ class ReferenceWindowScheduler:
         c.t_ms = now
         c.events = events
         c.active = True
-        c.deadline = grid_deadline(key, c.length_ms, now)
+        # never sooner than half a window after the last deadline: when the length has changed
+        # the new grid would otherwise cut the next window short (an extra flush per channel)
+        after = c.last_ms + 0.5 * c.length_ms
+        c.deadline = grid_deadline(key, c.length_ms, now if now > after else after)
         heapq.heappush(self._heap, (c.deadline, key))
         self._n_active += 1
         self.windows_opened += 1
@@ -323,6 +327,7 @@ class ReferenceWindowScheduler:
             c.rate = self._rule.update(c.rate, c.events, now - c.t_ms)
             c.length_ms = self._rule.length(c.rate, self._flush.length_ms)
             c.t_ms = now
+            c.last_ms = deadline
             c.events = 0
             c.active = False
             self._n_active -= 1
