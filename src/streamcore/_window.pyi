@@ -1,24 +1,31 @@
-"""Adaptive batch windows: how long a channel's events wait before they are flushed as one frame.
+"""Batch windows on a grid: when each channel's events are flushed as one frame.
 
-The rule (docs/WINDOWS.md has the reasoning):
+The rule (docs/WINDOWS.md has the reasoning and the curve):
 
-- Each channel keeps `rate`, an EWMA of its event rate in events/s, weighted by time: a span of
-  `dt` ms gets weight `w = 1 - (1 - alpha) ** (dt / 1000)`, i.e. `w = -expm1(-k * dt)` with
-  `k = -log1p(-alpha) / 1000`.
-- When a window closes after `elapsed` ms holding `events`:
-  `rate += w(elapsed) * (events * 1000 / elapsed - rate)`.
-- When an idle channel wakes after `idle` ms of silence: `rate *= exp(-k * idle)` (silence is a
-  window with no events), and only then is its window sized.
-- Window length: `min_ms` if `rate <= quiet_rate`, `max_ms` if `rate >= busy_rate`, else
-  `min_ms + (max_ms - min_ms) * log(rate / quiet_rate) / log(busy_rate / quiet_rate)` (computed as
-  `(log(rate) - log(quiet_rate)) / (log(busy_rate) - log(quiet_rate))`), never above `max_ms`.
-- A window opens on the first event at an idle channel (deadline = now + length) and closes in the
-  first `due(now)` with `now >= deadline`; events that arrive meanwhile count in it.
+- Grid. Channel `c` has the phase `phi = frac(c * 0x9E3779B97F4A7C15 / 2**64) * L` (Fibonacci
+  hashing: consecutive ids spread evenly) and the deadlines `phi + k * L`. The first event at an
+  idle channel opens a window whose deadline is the first grid point strictly after `now`;
+  `due(now)` closes every window with `deadline <= now`. So a busy channel is flushed every L ms
+  however long a flush takes or however late `due` runs, an event waits at most L, and channels'
+  flushes are spread over the period.
+- Length L. `min_ms` for a channel whose rate is at or below `quiet_rate` (a frame per event is
+  cheap); otherwise the shared `length_ms`, sized by the cost of flushing. The caller reports each
+  flush pass with `observe_flush(now_ms, cost_ms)` (the CPU ms it spent). The scheduler keeps
+  `load`, a time-weighted EWMA of cost_ms per wall ms, and `work`, the same EWMA of
+  `load_sample * length_ms` (flush CPU per window period, nearly independent of L). The target is
+  `clamp(work / flush_budget, min_ms, max_ms)`: the shortest window whose flush duty stays under
+  the budget. `length_ms` moves to it only when it is more than 10% away or at a bound.
+- Rate EWMA (it still decides quiet or not). Time-weighted: a span of `dt` ms gets weight
+  `w = 1 - (1 - alpha) ** (dt / 1000)`, i.e. `w = -expm1(-k * dt)` with `k = -log1p(-alpha) / 1000`.
+  On close after `elapsed` ms holding `events`: `rate += w(elapsed) * (events * 1000 / elapsed -
+  rate)`; on wake after `idle` ms of silence: `rate *= exp(-k * idle)`. The load EWMAs use the same
+  `w` over the span since the previous `observe_flush` (costs reported with no time passed are
+  carried into the next span).
 
-Defaults: min_ms 30, max_ms 150, quiet_rate 10 ev/s, busy_rate 1000 ev/s, alpha 0.9 (the rate keeps
-10% of its value per second of silence: half-life ~301 ms). Times are a caller-supplied monotonic
-clock in ms; nothing here reads a clock. Neither class is thread-safe; touch_many releases the GIL
-and any other mutating call made meanwhile raises StreamcoreError.
+Defaults: min_ms 30, max_ms 150, quiet_rate 10 ev/s, alpha 0.9 (an EWMA keeps 10% of its value per
+second: half-life ~301 ms), flush_budget 0.25 of a core. Times are a caller-supplied monotonic clock
+in ms; nothing here reads a clock. Neither class is thread-safe; touch_many releases the GIL and any
+other mutating call made meanwhile raises StreamcoreError.
 """
 
 from typing import SupportsIndex, final
@@ -31,17 +38,18 @@ __all__ = ["AdaptiveWindow", "WindowScheduler"]
 
 @disjoint_base  # a cdef class: it cannot share a subclass with another compiled base
 class AdaptiveWindow:
-    """The window rule for one channel: an EWMA of its event rate mapped onto [min_ms, max_ms]."""
+    """The length rule for one channel: min_ms while quiet, else the length its flush load buys."""
 
     def __init__(
         self,
         min_ms: float = 30.0,
         max_ms: float = 150.0,
+        *,
         quiet_rate: float = 10.0,
-        busy_rate: float = 1000.0,
         alpha: float = 0.9,
+        flush_budget: float = 0.25,
     ) -> None:
-        """Validate the rule (0 < min_ms <= max_ms, 0 < quiet_rate < busy_rate, 0 < alpha < 1)."""
+        """Validate: 0 < min_ms <= max_ms, 0 < quiet_rate, 0 < alpha < 1, 0 < flush_budget <= 1."""
 
     @property
     def length_ms(self) -> float:
@@ -51,23 +59,31 @@ class AdaptiveWindow:
     def rate(self) -> float:
         """EWMA of the event rate, in events per second."""
 
+    @property
+    def load(self) -> float:
+        """EWMA of the flush load: flush CPU ms per wall ms (1.0 is one core)."""
+
     def wake(self, idle_ms: float) -> float:
         """Decay the rate by an idle gap (as the channel wakes) and return the new window length."""
 
     def observe(self, events: SupportsIndex, elapsed_ms: float, idle_ms: float = 0.0) -> float:
         """Update the rate after a window (after idle_ms of silence); return the next length."""
 
+    def observe_flush(self, cost_ms: float, elapsed_ms: float) -> float:
+        """Count cost_ms of flush CPU spent over the last elapsed_ms; return the next length."""
+
 @final
 class WindowScheduler:
-    """Adaptive windows for many channels keyed by int64 id; flushing costs O(active channels)."""
+    """Grid windows for many channels keyed by int64 id; flushing costs O(active channels)."""
 
     def __init__(
         self,
         min_ms: float = 30.0,
         max_ms: float = 150.0,
+        *,
         quiet_rate: float = 10.0,
-        busy_rate: float = 1000.0,
         alpha: float = 0.9,
+        flush_budget: float = 0.25,
     ) -> None:
         """Validate the rule, as AdaptiveWindow does; start with no channels."""
 
@@ -80,11 +96,14 @@ class WindowScheduler:
     def due(self, now_ms: float) -> npt.NDArray[np.int64]:
         """Close and return (int64, in deadline order) every channel whose deadline is <= now_ms."""
 
+    def observe_flush(self, now_ms: float, cost_ms: float) -> None:
+        """Count cost_ms of flush CPU spent up to now_ms; the shared length follows the load."""
+
     def next_deadline(self) -> float | None:
         """Return the earliest open deadline (ms), or None when no window is open."""
 
     def window_ms(self, channel: SupportsIndex) -> float:
-        """Return the length of its open window, or of its next one (KeyError if unknown)."""
+        """Return the grid period of its open window, or of its next one (KeyError if unknown)."""
 
     def rate(self, channel: SupportsIndex) -> float:
         """Return the channel's event-rate EWMA in events/s (KeyError if unknown)."""
@@ -127,8 +146,16 @@ class WindowScheduler:
         """Rate (events/s) at or below which a window gets min_ms."""
 
     @property
-    def busy_rate(self) -> float:
-        """Rate (events/s) at or above which a window gets max_ms."""
+    def flush_budget(self) -> float:
+        """Flush CPU per wall time (1.0 is one core) the shared length aims at."""
+
+    @property
+    def load(self) -> float:
+        """EWMA of the flush load: flush CPU ms per wall ms (1.0 is one core)."""
+
+    @property
+    def length_ms(self) -> float:
+        """The shared window length of channels above quiet_rate, in ms."""
 
     @property
     def alpha(self) -> float:

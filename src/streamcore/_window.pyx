@@ -1,8 +1,8 @@
-"""Adaptive batch windows: how long each channel's events wait before they are flushed as one frame.
+"""Batch windows on a grid: when each channel's events are flushed as one frame.
 
 The rule is in docs/WINDOWS.md; reference/window.py is its readable specification with exactly the
-same arithmetic. Time always comes in as `now_ms` (a monotonic clock in milliseconds): nothing here
-reads a clock.
+same arithmetic. Time always comes in as `now_ms` (a monotonic clock in milliseconds) and flush cost
+as `cost_ms`: nothing here reads a clock.
 """
 
 import numbers
@@ -12,7 +12,7 @@ import numpy as np
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from libc.math cimport exp, expm1, isfinite, log, log1p
+from libc.math cimport exp, expm1, floor, isfinite, log1p
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -21,13 +21,20 @@ from .errors import StreamcoreError, StreamcoreTypeError, StreamcoreValueError
 _DEFAULT_MIN_MS = 30.0
 _DEFAULT_MAX_MS = 150.0
 _DEFAULT_QUIET_RATE = 10.0
-_DEFAULT_BUSY_RATE = 1000.0
 _DEFAULT_ALPHA = 0.9
+_DEFAULT_FLUSH_BUDGET = 0.25
 
 __all__ = ["AdaptiveWindow", "WindowScheduler"]
 
 # Slots are int32 with 0 meaning "empty", so at most 2**30 channels (the table holds 4x that).
 cdef int64_t MAX_CHANNELS = 1 << 30
+
+# The shared length moves only when its target is more than 10% away (or at a bound): measured
+# flush cost is noisy, and every move re-phases the grid, costing each busy channel one short window.
+cdef double DEAD_BAND = 1.1
+
+# 2**64 / golden ratio: Fibonacci hashing spreads consecutive ids as evenly as n points can be
+cdef uint64_t GOLDEN = <uint64_t>0x9E3779B97F4A7C15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -37,24 +44,20 @@ cdef int64_t MAX_CHANNELS = 1 << 30
 cdef struct Rule:
     double min_ms
     double max_ms
-    double span_ms       # max_ms - min_ms
     double quiet_rate
-    double busy_rate
-    double log_quiet
-    double log_span      # log(busy_rate) - log(quiet_rate)
     double alpha
-    double k             # decay per ms: the EWMA keeps (1 - alpha) of its value per second
+    double budget        # flush CPU per wall time the shared length aims at (1.0 = one core)
+    double k             # decay per ms: an EWMA keeps (1 - alpha) of its value per second
 
 
-cdef inline double rule_length(const Rule* r, double rate) noexcept nogil:
-    cdef double x
-    if rate <= r.quiet_rate:
-        return r.min_ms
-    if rate >= r.busy_rate:
-        return r.max_ms
-    x = r.min_ms + r.span_ms * ((log(rate) - r.log_quiet) / r.log_span)
-    # min + span * f can round one ulp past max_ms; the bound is a promise
-    return x if x < r.max_ms else r.max_ms
+cdef struct FlushLoad:
+    double load          # EWMA of flush CPU ms per wall ms
+    double work_ms       # EWMA of load * length_ms: flush CPU ms per window period
+    double length_ms     # the shared window length of channels above quiet_rate
+
+
+cdef inline double rule_length(const Rule* r, double rate, double shared_ms) noexcept nogil:
+    return r.min_ms if rate <= r.quiet_rate else shared_ms
 
 
 cdef inline double rule_decay(const Rule* r, double rate, double idle_ms) noexcept nogil:
@@ -73,6 +76,38 @@ cdef inline double rule_update(const Rule* r, double rate, int64_t events,
     return rate + w * (<double>events * 1000.0 / elapsed_ms - rate)
 
 
+cdef void flush_update(const Rule* r, FlushLoad* f, double cost_ms,
+                       double elapsed_ms) noexcept nogil:
+    # cost_ms of flush work spread over elapsed_ms > 0 of wall time
+    cdef double w = -expm1(-r.k * elapsed_ms)
+    cdef double sample = cost_ms / elapsed_ms
+    cdef double target
+    cdef double cur = f.length_ms
+    f.load = f.load + w * (sample - f.load)
+    # work per period barely depends on the period, so smoothing it does not feed back on L
+    f.work_ms = f.work_ms + w * (sample * cur - f.work_ms)
+    target = f.work_ms / r.budget
+    if target < r.min_ms:
+        target = r.min_ms
+    elif target > r.max_ms:
+        target = r.max_ms
+    if (target == r.min_ms or target == r.max_ms or target > cur * DEAD_BAND
+            or target * DEAD_BAND < cur):
+        f.length_ms = target
+
+
+cdef inline double grid_deadline(int64_t key, double length, double now) noexcept nogil:
+    # the first point of phase + k * length strictly after now
+    cdef double phase = (<double>((<uint64_t>key * GOLDEN) >> 11) * 1.1102230246251565e-16) * length
+    cdef double d = phase + (floor((now - phase) / length) + 1.0) * length
+    # the quotient can round across an integer: put d back in (now, now + length]
+    if d <= now:
+        d = d + length
+    elif d - length > now:
+        d = d - length
+    return d
+
+
 cdef double _real(object x, str name) except? -1.0:
     cdef double v
     if type(x) is float:
@@ -86,6 +121,13 @@ cdef double _real(object x, str name) except? -1.0:
         raise StreamcoreTypeError(f"{name} must be a real number, got {type(x).__name__}")
     if not isfinite(v):
         raise StreamcoreValueError(f"{name} must be finite, got {v!r}")
+    return v
+
+
+cdef double _cost(object x) except? -1.0:
+    cdef double v = _real(x, "cost_ms")
+    if v < 0.0:
+        raise StreamcoreValueError(f"cost_ms must be >= 0, got {v!r}")
     return v
 
 
@@ -110,56 +152,62 @@ cdef int64_t _count(object x, str name) except? -1:
     return v
 
 
-cdef int _init_rule(Rule* r, object min_ms, object max_ms, object quiet_rate, object busy_rate,
-                    object alpha) except -1:
+cdef int _init_rule(Rule* r, FlushLoad* f, object min_ms, object max_ms, object quiet_rate,
+                    object alpha, object flush_budget) except -1:
     cdef double lo = _real(min_ms, "min_ms")
     cdef double hi = _real(max_ms, "max_ms")
     cdef double quiet = _real(quiet_rate, "quiet_rate")
-    cdef double busy = _real(busy_rate, "busy_rate")
     cdef double a = _real(alpha, "alpha")
+    cdef double b = _real(flush_budget, "flush_budget")
     if not (0.0 < lo <= hi):
         raise StreamcoreValueError(f"need 0 < min_ms <= max_ms, got min_ms={lo!r}, max_ms={hi!r}")
-    if not (0.0 < quiet < busy):
-        raise StreamcoreValueError(
-            f"need 0 < quiet_rate < busy_rate, got quiet_rate={quiet!r}, busy_rate={busy!r}")
+    if not (0.0 < quiet):
+        raise StreamcoreValueError(f"need 0 < quiet_rate, got quiet_rate={quiet!r}")
     if not (0.0 < a < 1.0):
         raise StreamcoreValueError(f"need 0 < alpha < 1, got alpha={a!r}")
+    if not (0.0 < b <= 1.0):
+        raise StreamcoreValueError(f"need 0 < flush_budget <= 1, got flush_budget={b!r}")
     r.min_ms = lo
     r.max_ms = hi
-    r.span_ms = hi - lo
     r.quiet_rate = quiet
-    r.busy_rate = busy
-    r.log_quiet = log(quiet)
-    r.log_span = log(busy) - log(quiet)
     r.alpha = a
+    r.budget = b
     r.k = -log1p(-a) / 1000.0
     if not (r.k > 0.0):  # alpha so small that (1 - alpha) rounds to 1: the EWMA would never move
         raise StreamcoreValueError(f"alpha is too small to move the rate, got alpha={a!r}")
+    f.load = 0.0
+    f.work_ms = 0.0
+    f.length_ms = lo
     return 0
 
 
 cdef class AdaptiveWindow:
-    """The window rule for one channel: an EWMA of its event rate mapped onto [min_ms, max_ms]."""
+    """The length rule for one channel: min_ms while quiet, else the length its flush load buys."""
 
     cdef Rule _rule
+    cdef FlushLoad _flush
     cdef double _rate
-    cdef double _length
 
-    def __init__(self, min_ms=_DEFAULT_MIN_MS, max_ms=_DEFAULT_MAX_MS, quiet_rate=_DEFAULT_QUIET_RATE,
-                 busy_rate=_DEFAULT_BUSY_RATE, alpha=_DEFAULT_ALPHA):
-        _init_rule(&self._rule, min_ms, max_ms, quiet_rate, busy_rate, alpha)
+    def __init__(self, min_ms=_DEFAULT_MIN_MS, max_ms=_DEFAULT_MAX_MS, *,
+                 quiet_rate=_DEFAULT_QUIET_RATE, alpha=_DEFAULT_ALPHA,
+                 flush_budget=_DEFAULT_FLUSH_BUDGET):
+        _init_rule(&self._rule, &self._flush, min_ms, max_ms, quiet_rate, alpha, flush_budget)
         self._rate = 0.0
-        self._length = self._rule.min_ms
 
     @property
     def length_ms(self):
         """Length of the next window, in ms."""
-        return self._length
+        return rule_length(&self._rule, self._rate, self._flush.length_ms)
 
     @property
     def rate(self):
         """EWMA of the event rate, in events per second."""
         return self._rate
+
+    @property
+    def load(self):
+        """EWMA of the flush load: flush CPU ms per wall ms (1.0 is one core)."""
+        return self._flush.load
 
     def wake(self, idle_ms):
         """Decay the rate by an idle gap (as the channel wakes) and return the new window length."""
@@ -167,8 +215,7 @@ cdef class AdaptiveWindow:
         if idle < 0.0:
             raise StreamcoreValueError(f"idle_ms must be >= 0, got {idle!r}")
         self._rate = rule_decay(&self._rule, self._rate, idle)
-        self._length = rule_length(&self._rule, self._rate)
-        return self._length
+        return self.length_ms
 
     def observe(self, events, elapsed_ms, idle_ms=0.0):
         """Update the rate after a window (after idle_ms of silence); return the next length."""
@@ -181,12 +228,21 @@ cdef class AdaptiveWindow:
             raise StreamcoreValueError(f"idle_ms must be >= 0, got {idle!r}")
         self._rate = rule_decay(&self._rule, self._rate, idle)
         self._rate = rule_update(&self._rule, self._rate, n, elapsed)
-        self._length = rule_length(&self._rule, self._rate)
-        return self._length
+        return self.length_ms
+
+    def observe_flush(self, cost_ms, elapsed_ms):
+        """Count cost_ms of flush CPU spent over the last elapsed_ms; return the next length."""
+        cdef double cost = _cost(cost_ms)
+        cdef double elapsed = _real(elapsed_ms, "elapsed_ms")
+        if elapsed <= 0.0:
+            raise StreamcoreValueError(f"elapsed_ms must be > 0, got {elapsed!r}")
+        flush_update(&self._rule, &self._flush, cost, elapsed)
+        return self.length_ms
 
     def __repr__(self):
-        return (f"AdaptiveWindow(length_ms={self._length!r}, rate={self._rate!r}, "
-                f"min_ms={self._rule.min_ms!r}, max_ms={self._rule.max_ms!r})")
+        return (f"AdaptiveWindow(length_ms={self.length_ms!r}, rate={self._rate!r}, "
+                f"load={self._flush.load!r}, min_ms={self._rule.min_ms!r}, "
+                f"max_ms={self._rule.max_ms!r})")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +255,9 @@ cdef struct Channel:
     int64_t id
     int64_t events       # events counted in the open window; 0 when idle
     double rate          # EWMA, events/s
-    double length_ms     # the open window's length, or (idle) the next one's before the wake decay
+    double length_ms     # grid period of the open window, or (idle) the one set at its close
     double t_ms          # when the window opened (active) or last closed (idle)
+    double last_ms       # deadline of its last closed window (-inf before the first)
     int32_t heap_pos     # -1 when idle
 
 
@@ -224,7 +281,7 @@ cdef inline bint _before(const HeapEntry* a, const HeapEntry* b) noexcept nogil:
 
 @cython.final  # direct (inlinable) calls to the cdef methods instead of a vtable
 cdef class WindowScheduler:
-    """Adaptive windows for many channels keyed by int64 id; flushing costs O(active channels)."""
+    """Grid windows for many channels keyed by int64 id; flushing costs O(active channels)."""
 
     cdef Rule _rule
     cdef Channel* _chans
@@ -240,6 +297,9 @@ cdef class WindowScheduler:
     cdef int64_t _opened
     cdef int64_t _closed
     cdef bint _busy            # set while touch_many runs without the GIL
+    cdef FlushLoad _flush
+    cdef double _t_load        # end of the last span the load has seen (first now_ms at start)
+    cdef double _pending_ms    # flush cost not yet spread over a span (same-ms observations)
 
     def __cinit__(self, *args, **kwargs):
         self._cap = 16
@@ -260,9 +320,10 @@ cdef class WindowScheduler:
         PyMem_Free(self._heap)
         PyMem_Free(self._scratch)
 
-    def __init__(self, min_ms=_DEFAULT_MIN_MS, max_ms=_DEFAULT_MAX_MS, quiet_rate=_DEFAULT_QUIET_RATE,
-                 busy_rate=_DEFAULT_BUSY_RATE, alpha=_DEFAULT_ALPHA):
-        _init_rule(&self._rule, min_ms, max_ms, quiet_rate, busy_rate, alpha)
+    def __init__(self, min_ms=_DEFAULT_MIN_MS, max_ms=_DEFAULT_MAX_MS, *,
+                 quiet_rate=_DEFAULT_QUIET_RATE, alpha=_DEFAULT_ALPHA,
+                 flush_budget=_DEFAULT_FLUSH_BUDGET):
+        _init_rule(&self._rule, &self._flush, min_ms, max_ms, quiet_rate, alpha, flush_budget)
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -399,6 +460,7 @@ cdef class WindowScheduler:
         cdef int64_t slot = <int64_t>self._table[pos] - 1
         cdef Channel* c
         cdef HeapEntry e
+        cdef double after
         if slot < 0:
             if self._n == self._cap or self._n_active == self._heap_cap:
                 return -1
@@ -411,6 +473,7 @@ cdef class WindowScheduler:
             c.rate = 0.0
             c.length_ms = self._rule.min_ms
             c.t_ms = now
+            c.last_ms = -1.0 / 0.0
             c.heap_pos = -1
         else:
             c = &self._chans[slot]
@@ -421,10 +484,13 @@ cdef class WindowScheduler:
                 return -1
         # wake: the idle gap since the last close decays the rate before this window is sized
         c.rate = rule_decay(&self._rule, c.rate, now - c.t_ms)
-        c.length_ms = rule_length(&self._rule, c.rate)
+        c.length_ms = rule_length(&self._rule, c.rate, self._flush.length_ms)
         c.t_ms = now
         c.events = events
-        e.deadline = now + c.length_ms
+        # never sooner than half a window after the last deadline: when the length has changed
+        # the new grid would otherwise cut the next window short (an extra flush per channel)
+        after = c.last_ms + 0.5 * c.length_ms
+        e.deadline = grid_deadline(key, c.length_ms, now if now > after else after)
         e.id = key
         e.slot = <int32_t>slot
         self._n_active += 1
@@ -438,9 +504,10 @@ cdef class WindowScheduler:
         cdef Channel* c
         while self._n_active > 0 and self._heap[0].deadline <= now:
             c = &self._chans[self._heap[0].slot]
+            c.last_ms = self._heap[0].deadline
             self._heap_remove(0)
             c.rate = rule_update(&self._rule, c.rate, c.events, now - c.t_ms)
-            c.length_ms = rule_length(&self._rule, c.rate)
+            c.length_ms = rule_length(&self._rule, c.rate, self._flush.length_ms)
             c.t_ms = now
             c.events = 0
             self._scratch[k] = c.id
@@ -454,6 +521,8 @@ cdef class WindowScheduler:
         if now < self._now:
             raise StreamcoreValueError(
                 f"now_ms went backwards: {now!r} < {self._now!r} (now_ms must be monotonic)")
+        if self._now == -1.0 / 0.0:
+            self._t_load = now
         self._now = now
         return 0
 
@@ -526,6 +595,19 @@ cdef class WindowScheduler:
         memcpy(&view[0], self._scratch, k * sizeof(int64_t))
         return out
 
+    def observe_flush(self, now_ms, cost_ms):
+        """Count cost_ms of flush CPU spent up to now_ms; the shared length follows the load."""
+        cdef double now = _real(now_ms, "now_ms")
+        cdef double cost = _cost(cost_ms)
+        cdef double elapsed
+        self._enter(now)
+        self._pending_ms += cost
+        elapsed = now - self._t_load
+        if elapsed > 0.0:
+            flush_update(&self._rule, &self._flush, self._pending_ms, elapsed)
+            self._pending_ms = 0.0
+            self._t_load = now
+
     def next_deadline(self):
         """Return the earliest open deadline (ms), or None when no window is open."""
         if self._n_active == 0:
@@ -539,7 +621,7 @@ cdef class WindowScheduler:
         return &self._chans[slot]
 
     def window_ms(self, channel):
-        """Return the length of its open window, or of its next one (KeyError if unknown)."""
+        """Return the grid period of its open window, or of its next one (KeyError if unknown)."""
         return self._known(channel).length_ms
 
     def rate(self, channel):
@@ -621,9 +703,19 @@ cdef class WindowScheduler:
         return self._rule.quiet_rate
 
     @property
-    def busy_rate(self):
-        """Rate (events/s) at or above which a window gets max_ms."""
-        return self._rule.busy_rate
+    def flush_budget(self):
+        """Flush CPU per wall time (1.0 is one core) the shared length aims at."""
+        return self._rule.budget
+
+    @property
+    def load(self):
+        """EWMA of the flush load: flush CPU ms per wall ms (1.0 is one core)."""
+        return self._flush.load
+
+    @property
+    def length_ms(self):
+        """The shared window length of channels above quiet_rate, in ms."""
+        return self._flush.length_ms
 
     @property
     def alpha(self):
@@ -632,4 +724,5 @@ cdef class WindowScheduler:
 
     def __repr__(self):
         return (f"WindowScheduler(active={self._n_active}, known={self._n}, "
+                f"length_ms={self._flush.length_ms!r}, load={self._flush.load!r}, "
                 f"min_ms={self._rule.min_ms!r}, max_ms={self._rule.max_ms!r})")
