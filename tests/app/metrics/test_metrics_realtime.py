@@ -34,8 +34,9 @@ def test_realtime_delivery_and_conflation(api_factory: object, sqlite_url: str) 
     assert rt["compressed_share"] is not None
     window = rt["window_length"]
     assert window["count"] == 1
-    # The window closes between WINDOW_MIN_MS and WINDOW_MAX_MS (plus timer lateness).
-    assert 15.0 <= window["p50_ms"] < 1000.0
+    # The first window after idle ends at the channel's next grid point: within WINDOW_MIN_MS
+    # (plus timer lateness), possibly much sooner.
+    assert 0.0 < window["p50_ms"] < 1000.0
     delivery = rt["delivery_latency"]
     assert delivery["count"] == 1 and delivery["p50_ms"] >= window["p50_ms"] * 0.99
     body = api.client.get(AGG).json()

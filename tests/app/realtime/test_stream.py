@@ -100,10 +100,15 @@ async def test_small_frames_go_raw_and_large_ones_compressed(srv: Any) -> None:
             assert frame.wire_length < frame.raw_length or frame.codec == Codec.NONE
 
 
-async def test_finance_writes_reach_the_stream(srv: Any) -> None:
+async def test_finance_writes_reach_the_stream(rt_factory: Any) -> None:
+    # Two writes inside one long window, entered right after a flush (see the test above).
+    srv = await rt_factory(window_min_ms=2000.0, window_max_ms=2000.0)
     t = await srv.tenant()
     async with await open_ws(srv.ws, t["token"]) as ws:
         await hello(ws)
+        note = [{"type": "note", "conflatable": False, "data": {}}]
+        assert (await publish(srv.http, t["token"], note)).status_code == 202
+        await frames_until(ws, 1)
         async with httpx2.AsyncClient(base_url=srv.http, timeout=10) as client:
             for amount in (100, 250):
                 r = await client.post(
@@ -267,7 +272,12 @@ async def test_quiet_unwatched_channels_are_forgotten(rt_factory: Any) -> None:
         await publish(srv.http, t["token"], [{"type": "a", "key": "k", "data": 1}])
         await publish(srv.http, watcher["token"], [{"type": "a", "key": "k", "data": 1}])
         await frames_until(ws, 1)
-        await asyncio.sleep(0.3)
-        assert srv.hub.sweep() == 1  # the unwatched org's channel; the watched one stays
-        assert srv.hub.channel((t["org"], None), create=False) is None
+        # Polled: the unwatched channel goes once its window has flushed and its history aged.
+        loop = asyncio.get_running_loop()
+        deadline, swept = loop.time() + 5, 0
+        while srv.hub.channel((t["org"], None), create=False) is not None:
+            assert loop.time() < deadline, "the quiet channel was never forgotten"
+            swept += srv.hub.sweep()
+            await asyncio.sleep(0.05)
+        assert swept == 1  # the unwatched org's channel; the watched one stays
         assert srv.hub.channel((watcher["org"], None), create=False) is not None
