@@ -35,6 +35,13 @@ def _port(raw: str) -> int:
     return port
 
 
+def _fraction(raw: str) -> float:
+    value = float(raw)
+    if not 0.0 < value <= 1.0:
+        raise ValueError("expected a number in (0, 1]")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if not math.isfinite(value) or value <= 0:
@@ -134,6 +141,8 @@ class Settings:
     log_level: str = "info"
     window_min_ms: float = 30.0
     window_max_ms: float = 150.0
+    # Share of one core the flusher may spend before windows widen (docs/WINDOWS.md).
+    window_flush_budget: float = 0.25
     compression_threshold: int = 1024
     zstd_level: int = 1
     # Realtime stream (docs/REALTIME.md): caps, history for resume, slow consumers, fan-out.
@@ -221,6 +230,7 @@ class Settings:
             log_level=_read(env, "LOG_LEVEL", d.log_level, _log_level),
             window_min_ms=_read(env, "WINDOW_MIN_MS", d.window_min_ms, _positive_float),
             window_max_ms=_read(env, "WINDOW_MAX_MS", d.window_max_ms, _positive_float),
+            window_flush_budget=_read(env, "WINDOW_FLUSH_BUDGET", d.window_flush_budget, _fraction),
             compression_threshold=_read(
                 env, "COMPRESSION_THRESHOLD", d.compression_threshold, _non_negative_int
             ),

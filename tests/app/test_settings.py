@@ -8,7 +8,7 @@ def test_defaults_run_alone() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 4000)
     assert s.database_url.startswith("sqlite+aiosqlite:///")
     assert s.redis_url is None
-    assert (s.window_min_ms, s.window_max_ms) == (30.0, 150.0)
+    assert (s.window_min_ms, s.window_max_ms, s.window_flush_budget) == (30.0, 150.0, 0.25)
 
 
 def test_reads_host_port_and_urls() -> None:
@@ -35,6 +35,8 @@ def test_reads_host_port_and_urls() -> None:
         ("PORT", "70000"),
         ("WINDOW_MIN_MS", "nan"),
         ("WINDOW_MAX_MS", "-1"),
+        ("WINDOW_FLUSH_BUDGET", "0"),
+        ("WINDOW_FLUSH_BUDGET", "1.5"),
         ("ZSTD_LEVEL", "23"),
         ("COMPRESSION_THRESHOLD", "-5"),
         ("LOG_LEVEL", "loud"),

@@ -61,6 +61,8 @@ def local_snapshot(app: Any) -> Snapshot:
             if hist is not None:
                 snap.histograms[name] = hist.copy()
         snap.gauges["realtime_connections"] = len(hub.connections)
+        # Cores spent flushing (smoothed): summed over processes, it stays meaningful.
+        snap.gauges["realtime_flush_load"] = float(hub.scheduler.load)
         snap.org_connections = dict(Counter(c.org_id for c in hub.connections))
     stats = getattr(state, "idempotency_stats", None)
     if stats is not None:

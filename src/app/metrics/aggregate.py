@@ -85,6 +85,7 @@ def _realtime(snap: Snapshot) -> dict[str, Any]:
     return {
         "delivery_latency": latency(delivery) if delivery is not None else None,
         "window_length": latency(window) if window is not None else None,
+        "flush_load_cores": snap.gauges.get("realtime_flush_load", 0.0),
         "frames_flushed": c.get("realtime_frames_flushed", 0),
         "frames_sent": c.get("realtime_frames_sent", 0),
         "events_in": events_in,

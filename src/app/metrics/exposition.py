@@ -207,6 +207,10 @@ def render(snap: Snapshot, *, openmetrics: bool = False, org_cap: int | None = N
         ("db_pool_in_use", "Database connections checked out."),
         ("db_replica_pool_size", "Read replica pool size."),
         ("db_replica_pool_in_use", "Read replica connections checked out."),
+        (
+            "realtime_flush_load",
+            "Cores the realtime flusher uses (smoothed); windows widen past WINDOW_FLUSH_BUDGET.",
+        ),
     ):
         if key in snap.gauges:
             w.gauge(key, help_, [((), snap.gauges[key])])

@@ -30,6 +30,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
         history_frames=settings.realtime_history_frames,
         history_age_s=settings.realtime_history_age_s,
         send_buffer_limit=settings.realtime_queue_max_bytes,
+        flush_budget=settings.window_flush_budget,
     )
     hub.bind(asyncio.get_running_loop())
     app.state.hub = hub

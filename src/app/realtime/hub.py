@@ -15,6 +15,7 @@ import logging
 import math
 import secrets
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -191,10 +192,11 @@ class Hub:
         history_frames: int,
         history_age_s: float,
         send_buffer_limit: int = 1 << 20,
+        flush_budget: float = 0.25,
     ) -> None:
         # A socket holding this many unsent bytes leaves the broadcast and queues (its policy).
         self.send_buffer_limit = send_buffer_limit
-        self.scheduler = WindowScheduler(window_min_ms, window_max_ms)
+        self.scheduler = WindowScheduler(window_min_ms, window_max_ms, flush_budget=flush_budget)
         self.encoder = FrameEncoder(compression_threshold, zstd_level)
         self.history_frames = history_frames
         self.history_age_s = history_age_s
@@ -358,10 +360,14 @@ class Hub:
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
+        # The flush's own CPU (this thread's, not the wall clock another process may steal)
+        # sizes the windows: they widen when flushing costs more than its budget of a core.
+        started = time.thread_time_ns()
         try:
             self.flush_due()
         except Exception:
             log.exception("flush failed")
+        self.scheduler.observe_flush(self.now_ms(), (time.thread_time_ns() - started) / 1e6)
         self._arm()
 
     def flush_due(self) -> int:

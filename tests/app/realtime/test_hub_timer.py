@@ -32,3 +32,15 @@ def test_each_flush_finds_a_window_due(rate_per_ms: float) -> None:
         loop.run(10, 0.0001)  # timers fire on the exact clock, 0.1 ms apart
     assert calls["built"] > 0
     assert calls["empty"] <= calls["built"] * 0.05, calls
+
+
+def test_the_flusher_reports_its_cost_and_busy_windows_follow_it() -> None:
+    loop = FakeLoop()
+    hub = make_hub(loop, window_min_ms=30, window_max_ms=150, flush_budget=1e-6)
+    assert hub.scheduler.flush_budget == 1e-6 and hub.scheduler.load == 0.0
+    for n in range(3000):  # three simulated seconds of a busy org: each flush costs real CPU
+        hub.ingest(Event(1, f"k{n % 50}", True, orjson.dumps({"n": n, "pad": "x" * 200})))
+        loop.tick(0.001)
+    assert hub.scheduler.load > 0.0
+    # Any real flush is far over a budget of a millionth of a core: the window is at its widest.
+    assert hub.scheduler.length_ms == 150.0
