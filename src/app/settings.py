@@ -142,7 +142,7 @@ class Settings:
     window_min_ms: float = 30.0
     window_max_ms: float = 150.0
     # Share of one core the flusher may spend before windows widen (docs/WINDOWS.md).
-    window_flush_budget: float = 0.25
+    window_flush_budget: float = 0.4
     compression_threshold: int = 1024
     zstd_level: int = 1
     # Realtime stream (docs/REALTIME.md): caps, history for resume, slow consumers, fan-out.

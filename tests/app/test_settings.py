@@ -8,7 +8,7 @@ def test_defaults_run_alone() -> None:
     assert (s.host, s.port) == ("127.0.0.1", 4000)
     assert s.database_url.startswith("sqlite+aiosqlite:///")
     assert s.redis_url is None
-    assert (s.window_min_ms, s.window_max_ms, s.window_flush_budget) == (30.0, 150.0, 0.25)
+    assert (s.window_min_ms, s.window_max_ms, s.window_flush_budget) == (30.0, 150.0, 0.4)
 
 
 def test_reads_host_port_and_urls() -> None:

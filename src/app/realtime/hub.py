@@ -192,7 +192,7 @@ class Hub:
         history_frames: int,
         history_age_s: float,
         send_buffer_limit: int = 1 << 20,
-        flush_budget: float = 0.25,
+        flush_budget: float = 0.4,
     ) -> None:
         # A socket holding this many unsent bytes leaves the broadcast and queues (its policy).
         self.send_buffer_limit = send_buffer_limit
