@@ -10,6 +10,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import (
     auth,
@@ -23,7 +24,7 @@ from . import (
     redis_client,
     storage,
 )
-from .errors import EXCEPTION_HANDLERS
+from .errors import EXCEPTION_HANDLERS, error_response
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
 from .middleware.cors import CorsMiddleware
@@ -49,6 +50,22 @@ class OpenApiDocument(BaseModel):
 async def openapi_json(request: Request) -> Response:
     """The OpenAPI 3.1 document of this API."""
     return OrjsonResponse(request.app.state.openapi)
+
+
+def websocket_not_found(http_default: ASGIApp) -> ASGIApp:
+    """Answer a WebSocket to an unknown path with the 404 JSON (Starlette would close: 403)."""
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await http_default(scope, receive, send)
+            return
+        response = error_response(404, "not_found", f"No WebSocket endpoint at {scope['path']}.")
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await response(scope, receive, send)  # Starlette sends it as a denial response
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "not found"})
+
+    return default
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -155,6 +172,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.default = websocket_not_found(app.router.default)
     app.state.settings = settings
     app.state.metrics = registry
     # Created here, not in the lifespan, so sinks (tests, the realtime channel) can subscribe first.
