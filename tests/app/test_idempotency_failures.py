@@ -73,6 +73,27 @@ def test_redis_flushed_between_request_and_retry(
     assert rows(api) == 1
 
 
+def test_every_retry_after_redis_lost_its_keys_is_the_stored_response(
+    api_factory: Any, database_url: str, redis_server: PrivateRedis
+) -> None:
+    # The collision with the database record must not leave this retry's claim in Redis, where
+    # every later retry would read "in progress" until the lease ran out, again and again.
+    api = api_factory(database_url, redis_url=redis_server.url)
+    a = api.tenant("Acme")
+    headers = keyed(a, new_key())
+    first = api.client.post(PATH, json=expense(a), headers=headers)
+    assert first.status_code == 201
+    redis_server.client().flushall()
+    for _ in range(3):
+        retry = api.client.post(PATH, json=expense(a), headers=headers)
+        assert retry.status_code == 201, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.content == first.content
+    assert rows(api) == 1
+    # Redis holds the stored response again, so the next retries cost no handler run.
+    assert api.app.state.idempotency_stats.backstop_hits == 1
+
+
 def test_a_response_gone_from_redis_after_its_ttl_is_still_replayed_from_the_database(
     api_factory: Any, database_url: str, redis_server: PrivateRedis
 ) -> None:
