@@ -31,7 +31,7 @@ from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
 from .middleware.metrics import MetricsMiddleware
 from .middleware.request_context import RequestContextMiddleware
-from .openapi import Operation, build_document, routes
+from .openapi import Operation, body_limit, build_document, routes
 from .responses import OrjsonResponse
 from .settings import Settings
 
@@ -158,7 +158,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After"],
             max_age=600,
         ),
-        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+        Middleware(
+            BodyLimitMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            route_limits={
+                op.path: body_limit(op, settings) for op in operations if op.body and not op.auth
+            },
+        ),
         # Innermost: the body is already bounded, and it sees exactly what the handler sends.
         Middleware(
             IdempotencyMiddleware,

@@ -154,6 +154,8 @@ class Settings:
     jwt_secret: str | None = field(default=None, repr=False)  # never printed
     token_ttl_s: int = 3600
     max_body_bytes: int = 32 * 1024 * 1024
+    # Routes anyone may call (login): a few KiB, so no one buffers MAX_BODY_BYTES unauthenticated.
+    max_unauthenticated_body_bytes: int = 8 * 1024
     cors_origins: tuple[str, ...] = (
         "https://app.example.com",
         "https://admin.example.com",
@@ -267,6 +269,12 @@ class Settings:
             jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
             token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),
             max_body_bytes=_read(env, "MAX_BODY_BYTES", d.max_body_bytes, _positive_int),
+            max_unauthenticated_body_bytes=_read(
+                env,
+                "MAX_UNAUTHENTICATED_BODY_BYTES",
+                d.max_unauthenticated_body_bytes,
+                _positive_int,
+            ),
             cors_origins=_read(env, "CORS_ORIGINS", d.cors_origins, _origins),
             max_amount_cents=_read(env, "MAX_AMOUNT_CENTS", d.max_amount_cents, _positive_int),
             page_size_default=_read(env, "PAGE_SIZE_DEFAULT", d.page_size_default, _positive_int),
