@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 log = logging.getLogger("app.errors")
@@ -130,6 +130,16 @@ async def http_exception_handler(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), None, exc.headers)
 
 
+# nginx's "client closed request": the client left before it was answered. A 4xx, so a client
+# that drops mid-body never counts against availability or fires a 5xx alert.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def client_disconnect_handler(request: Request, exc: Exception) -> Response:
+    log.info("client disconnected before the request was read", extra={"path": request.url.path})
+    return Response(status_code=CLIENT_CLOSED_REQUEST)  # nobody reads it; the log line does
+
+
 def internal_error_response() -> JSONResponse:
     """The answer to any failure the app did not foresee: nothing about its cause."""
     return error_response(500, "internal_error", "The server failed to handle this request.")
@@ -143,6 +153,7 @@ async def unhandled_error_handler(request: Request, exc: Exception) -> Response:
 
 EXCEPTION_HANDLERS = {
     ApiError: api_error_handler,
+    ClientDisconnect: client_disconnect_handler,
     HTTPException: http_exception_handler,
     Exception: unhandled_error_handler,
 }

@@ -14,7 +14,7 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import internal_error_response
+from ..errors import CLIENT_CLOSED_REQUEST, internal_error_response
 from ..logs import request_id, ws_refused
 
 log = logging.getLogger("app.access")
@@ -56,19 +56,18 @@ class RequestContextMiddleware:
                     ws_refused.set(status)
             await send(message)
 
-        async def receive_close(message: Message) -> Message:
-            nonlocal close_code
-            if message["type"] == "websocket.disconnect" and close_code is None and responded:
+        async def receive_watching() -> Message:
+            nonlocal close_code, status
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect" and close_code is None and responded:
                 close_code = message.get("code", 1005)
+            elif kind == "http.disconnect" and not responded:
+                status = CLIENT_CLOSED_REQUEST  # the client left before it was answered
             return message
 
-        async def receive_watching() -> Message:
-            return await receive_close(await receive())
-
         try:
-            await self.app(
-                scope, receive_watching if scope["type"] == "websocket" else receive, send_with_id
-            )
+            await self.app(scope, receive_watching, send_with_id)
         except Exception:
             # Answered here rather than by Starlette's outermost handler so the 500 carries the
             # request id and the logged traceback is tagged with it.
