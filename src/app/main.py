@@ -17,6 +17,7 @@ from . import (
     cache,
     finance,
     health,
+    http_protocol,
     idempotency,
     logs,
     metrics,
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.router.default = websocket_not_found(app.router.default)
+    http_protocol.configure(settings.http_header_timeout_s, settings.http_body_timeout_s)
     app.state.settings = settings
     app.state.metrics = registry
     # Created here, not in the lifespan, so sinks (tests, the realtime channel) can subscribe first.

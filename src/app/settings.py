@@ -154,6 +154,9 @@ class Settings:
     jwt_secret: str | None = field(default=None, repr=False)  # never printed
     token_ttl_s: int = 3600
     max_body_bytes: int = 32 * 1024 * 1024
+    # A client must send its request headers, then its body, within these (408 / dropped).
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
     # Routes anyone may call (login): a few KiB, so no one buffers MAX_BODY_BYTES unauthenticated.
     max_unauthenticated_body_bytes: int = 8 * 1024
     cors_origins: tuple[str, ...] = (
@@ -269,6 +272,12 @@ class Settings:
             jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
             token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),
             max_body_bytes=_read(env, "MAX_BODY_BYTES", d.max_body_bytes, _positive_int),
+            http_header_timeout_s=_read(
+                env, "HTTP_HEADER_TIMEOUT_S", d.http_header_timeout_s, _positive_float
+            ),
+            http_body_timeout_s=_read(
+                env, "HTTP_BODY_TIMEOUT_S", d.http_body_timeout_s, _positive_float
+            ),
             max_unauthenticated_body_bytes=_read(
                 env,
                 "MAX_UNAUTHENTICATED_BODY_BYTES",
