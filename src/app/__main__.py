@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +50,25 @@ def check_workers(settings: Settings) -> None:
         )
 
 
+class CannotListen(Exception):
+    """The configured host and port cannot be bound (in use, or not an address of this host)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen on host:port as uvicorn would, or raise CannotListen saying why."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -56,6 +76,9 @@ def serve(settings: Settings) -> None:
     from .main import create_app
 
     logs.configure(settings.log_level)
+    # Bound first: a port in use fails the start at once, before migrations or any lifespan
+    # (uvicorn binds after the app's startup, then waits on its shutdown deaf to SIGTERM).
+    sock = listen(settings.host, settings.port)
 
     async def prepare(engine: AsyncEngine) -> tuple[bool, bool]:
         # Migrate and seed here, once, before any worker starts serving.
@@ -81,6 +104,7 @@ def serve(settings: Settings) -> None:
         log_config=None,  # keep the JSON handler installed above (workers install their own)
         access_log=False,  # the request-context middleware logs one structured line per request
         server_header=False,
+        http="app.http_protocol:TimedHttpToolsProtocol",  # header and body read timeouts
         # Our protocol class writes a prepared frame to every socket without ASGI's per-message
         # cost; the frames are zstd/gzip already, so permessage-deflate would only burn CPU.
         ws="app.realtime.ws_protocol:StreamWebSocketProtocol",
@@ -88,8 +112,12 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,  # SIGTERM: clients get 1012 at once; stragglers are cut
     )
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        server.run(sockets=[sock])
+        if not server.started:
+            raise SystemExit(3)  # what uvicorn.run answers for a start that failed
         return
+    sock.close()  # uvicorn's parent binds the port itself and hands it to the workers
     # uvicorn spawns fresh interpreters sharing the bound socket; each imports this factory and
     # builds its app from the same environment. On SIGTERM the parent passes it to every worker.
     uvicorn.run(
@@ -153,7 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        serve(settings)
+        try:
+            serve(settings)
+        except CannotListen as exc:
+            print(f"error: {exc} (set HOST/PORT, or stop what holds the port)", file=sys.stderr)
+            return 1
         return 0
     if args.command == "watch":
         return watch(settings, args)
