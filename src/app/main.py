@@ -27,6 +27,7 @@ from . import (
 )
 from .errors import EXCEPTION_HANDLERS, error_response
 from .events import EventBus
+from .middleware.authentication import AuthenticationMiddleware
 from .middleware.body_limit import BodyLimitMiddleware
 from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
@@ -166,6 +167,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 op.path: body_limit(op, settings) for op in operations if op.body and not op.auth
             },
         ),
+        # Once per request, for routes, WebSockets and idempotency alike (scope state "auth").
+        Middleware(AuthenticationMiddleware),
         # Innermost: the body is already bounded, and it sees exactly what the handler sends.
         Middleware(
             IdempotencyMiddleware,

@@ -23,6 +23,10 @@ log = logging.getLogger("app.idempotency")
 
 
 def _principal(scope: Scope, tokens: Tokens) -> Principal | None:
+    state = scope.get("state", {})
+    if "auth" in state:  # authenticated once, by the authentication middleware
+        outcome = state["auth"]
+        return outcome if isinstance(outcome, Principal) else None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
