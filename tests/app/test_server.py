@@ -120,3 +120,13 @@ def test_concurrent_writes_all_land_and_add_up(server: ServeProcess) -> None:
     assert statuses == [201] * 40
     eur = next(t for t in summary["totals"] if t["currency"] == "EUR")
     assert (eur["expensesCents"], eur["expenseCount"]) == (280, 40)
+
+
+def test_a_405_names_every_method_the_path_serves(server: ServeProcess) -> None:
+    with httpx2.Client(base_url=server.http, timeout=10) as client:
+        for method in ("OPTIONS", "PUT", "DELETE", "PATCH"):
+            r = client.request(method, "/v1/finance/expenses")
+            assert r.status_code == 405, (method, r.text)
+            assert r.headers["allow"] == "GET, HEAD, POST", method
+            assert r.json()["error"]["code"] == "method_not_allowed"
+        assert client.delete("/auth/login").headers["allow"] == "POST"
