@@ -38,7 +38,7 @@ def bearer_token(scope: Scope) -> str | ApiError | None:
             scheme, _, token = value.decode("latin-1").partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 return InvalidToken("The Authorization header must be: Bearer <token>.")
-            return token.strip()
+            return str(token.strip())
     if scope["type"] != "websocket":
         return None
     for proto in scope.get("subprotocols") or ():
