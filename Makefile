@@ -32,17 +32,22 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# One line per step, so a first run (a few minutes) says what it is doing.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "setuptools>=77" "cython>=3.0,<4" "numpy>=2.0"
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
-	touch $@
+	@test -x $(PY) || { echo "[setup] creating the environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[setup] installing pip, setuptools, Cython and numpy"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet "setuptools>=77" "cython>=3.0,<4" "numpy>=2.0"
+	@echo "[setup] installing streamcore and its dependencies (pyproject.toml)"
+	@$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
+	@touch $@
 
 # Rebuild the extension in place whenever a Cython source or the build script changes.
 $(BUILT): $(STAMP) $(PYX) setup.py
-	$(PY) setup.py --quiet build_ext --inplace
-	touch $@
+	@echo "[setup] compiling the Cython core (src/streamcore/*.pyx)"
+	@$(PY) setup.py --quiet build_ext --inplace
+	@touch $@
+	@echo "[setup] ready"
 
 clean:
 	rm -rf build src/streamcore/*.so src/streamcore/*.c src/streamcore/*.html $(BUILT)

@@ -162,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("watch", help="log in, subscribe to the org's stream, print events")
     p.add_argument("--url", help="server base URL (default: http://localhost:PORT)")
     p.add_argument("--email", default="user@example.com")
-    p.add_argument("--password", help="omit to be prompted (or give --token)")
-    p.add_argument("--token", help="a bearer token instead of email and password")
+    p.add_argument(
+        "--password", help="default: WATCH_PASSWORD, the demo's for the demo user, else a prompt"
+    )
+    p.add_argument("--token", help="a bearer token instead of email and password (WATCH_TOKEN)")
     p.add_argument("--codec", default="zstd", choices=["zstd", "gzip", "none"])
     p.add_argument("--properties", help="comma-separated property ids to narrow to")
     p.add_argument("--max-events", type=int, help="exit after this many events (for scripts)")
@@ -192,6 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     return _account_command(settings, args)
 
 
+def watch_password(settings: Settings, email: str, given: str | None) -> str | None:
+    """The password to log in with: given, WATCH_PASSWORD, the demo's, or asked on a terminal."""
+    from .accounts import DEMO_EMAIL, DEMO_PASSWORD
+
+    if given:
+        return given
+    if settings.watch_password:
+        return settings.watch_password
+    if email == DEMO_EMAIL:
+        return DEMO_PASSWORD  # what `make watch` promises: the demo user, no prompt
+    if sys.stdin.isatty():
+        try:
+            return getpass.getpass(f"Password for {email}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+    return None
+
+
 def watch(settings: Settings, args: argparse.Namespace) -> int:
     """Print each event of the org's stream as one JSON line, resets included."""
     import httpx2
@@ -201,9 +221,16 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
 
     host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
     base = (args.url or f"http://{host}:{settings.port}").rstrip("/")
-    token = args.token
+    token = args.token or settings.watch_token
     if not token:
-        password = args.password or getpass.getpass("Password: ")
+        password = watch_password(settings, args.email, args.password)
+        if password is None:
+            print(
+                f"error: no password for {args.email}: give --password, set WATCH_PASSWORD, "
+                "or --token / WATCH_TOKEN",
+                file=sys.stderr,
+            )
+            return 1
         try:
             r = httpx2.post(
                 f"{base}/auth/login", json={"email": args.email, "password": password}, timeout=10
@@ -212,7 +239,14 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: cannot reach {base}: {exc}", file=sys.stderr)
             return 1
         if r.status_code != 200:
-            print(f"error: login failed ({r.status_code}): {r.text}", file=sys.stderr)
+            try:
+                reason = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                reason = r.text[:200]
+            print(
+                f"error: cannot log in to {base} as {args.email} ({r.status_code}): {reason}",
+                file=sys.stderr,
+            )
             return 1
         token = r.json()["accessToken"]
     ws_url = "ws" + base.removeprefix("http") + "/v2/realtime/stream"

@@ -187,6 +187,9 @@ class Settings:
     # its snapshot to Redis every interval under this prefix (expiring after three intervals).
     metrics_token: str | None = field(default=None, repr=False)  # never printed
     metrics_publish_interval_s: float = 5.0
+    # `python -m app watch` (make watch): credentials for a user other than the demo's.
+    watch_password: str | None = field(default=None, repr=False)  # never printed
+    watch_token: str | None = field(default=None, repr=False)  # never printed
     metrics_redis_prefix: str = "streamcore:metrics"
 
     def __post_init__(self) -> None:
@@ -314,4 +317,6 @@ class Settings:
                 env, "METRICS_PUBLISH_INTERVAL_S", d.metrics_publish_interval_s, _positive_float
             ),
             metrics_redis_prefix=_read(env, "METRICS_REDIS_PREFIX", d.metrics_redis_prefix, str),
+            watch_password=_read(env, "WATCH_PASSWORD", d.watch_password, str),
+            watch_token=_read(env, "WATCH_TOKEN", d.watch_token, str),
         )
