@@ -169,7 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default="zstd", choices=["zstd", "gzip", "none"])
     p.add_argument("--properties", help="comma-separated property ids to narrow to")
     p.add_argument("--max-events", type=int, help="exit after this many events (for scripts)")
+    sub.add_parser("settings-table", help="print every setting as the Markdown table of the docs")
     args = parser.parse_args(argv)
+    if args.command == "settings-table":
+        from .settings_doc import table
+
+        print(table(), end="")
+        return 0
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
