@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYX    := $(wildcard src/streamcore/*.pyx src/streamcore/*.pxd)
 BUILT  := $(VENV)/.built
 
-.PHONY: serve test bench build watch lint typecheck clean
+.PHONY: serve test bench build watch lint typecheck clean fuzz
 
 serve: $(BUILT)
 	$(PY) -m app serve
@@ -25,9 +25,18 @@ bench: $(BUILT)
 
 build: $(BUILT)
 
+# Coverage-guided fuzzing (atheris) of every parser of outsiders' bytes; `make test` runs each
+# target for 2 s. Crashes land in fuzz/crashes/TARGET/ and become regression tests once fixed.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= frame histogram idempotency_key query json_bodies
+fuzz: $(BUILT)
+	@mkdir -p fuzz/corpus
+	@for t in $(FUZZ_TARGETS); do echo "[fuzz] $$t for $(FUZZ_SECONDS) s"; \
+	  $(PY) -m fuzz.run $$t $(FUZZ_SECONDS) 2>fuzz/corpus/$$t.log || { tail -40 fuzz/corpus/$$t.log; exit 1; }; done
+
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks fuzz
+	$(PY) -m ruff format --check src tests benchmarks fuzz
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
