@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 PYX    := $(wildcard src/streamcore/*.pyx src/streamcore/*.pxd)
 BUILT  := $(VENV)/.built
 
-.PHONY: serve test bench build watch lint typecheck clean
+.PHONY: serve test bench build watch lint typecheck clean fuzz
 
 serve: $(BUILT)
 	$(PY) -m app serve
@@ -25,24 +25,38 @@ bench: $(BUILT)
 
 build: $(BUILT)
 
+# Coverage-guided fuzzing (atheris) of every parser of outsiders' bytes; `make test` runs each
+# target for 2 s. Crashes land in fuzz/crashes/TARGET/ and become regression tests once fixed.
+FUZZ_SECONDS ?= 120
+FUZZ_TARGETS ?= frame histogram idempotency_key query json_bodies
+fuzz: $(BUILT)
+	@mkdir -p fuzz/corpus
+	@for t in $(FUZZ_TARGETS); do echo "[fuzz] $$t for $(FUZZ_SECONDS) s"; \
+	  $(PY) -m fuzz.run $$t $(FUZZ_SECONDS) 2>fuzz/corpus/$$t.log || { tail -40 fuzz/corpus/$$t.log; exit 1; }; done
+
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks
-	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks fuzz
+	$(PY) -m ruff format --check src tests benchmarks fuzz
 
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
+# One line per step, so a first run (a few minutes) says what it is doing.
 $(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "setuptools>=77" "cython>=3.0,<4" "numpy>=2.0"
-	$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
-	touch $@
+	@test -x $(PY) || { echo "[setup] creating the environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[setup] installing pip, setuptools, Cython and numpy"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet "setuptools>=77" "cython>=3.0,<4" "numpy>=2.0"
+	@echo "[setup] installing streamcore and its dependencies (pyproject.toml)"
+	@$(PY) -m pip install --quiet --no-build-isolation -e ".[dev]"
+	@touch $@
 
 # Rebuild the extension in place whenever a Cython source or the build script changes.
 $(BUILT): $(STAMP) $(PYX) setup.py
-	$(PY) setup.py --quiet build_ext --inplace
-	touch $@
+	@echo "[setup] compiling the Cython core (src/streamcore/*.pyx)"
+	@$(PY) setup.py --quiet build_ext --inplace
+	@touch $@
+	@echo "[setup] ready"
 
 clean:
 	rm -rf build src/streamcore/*.so src/streamcore/*.c src/streamcore/*.html $(BUILT)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import getpass
+import socket
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -49,6 +50,25 @@ def check_workers(settings: Settings) -> None:
         )
 
 
+class CannotListen(Exception):
+    """The configured host and port cannot be bound (in use, or not an address of this host)."""
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind and listen on host:port as uvicorn would, or raise CannotListen saying why."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -56,6 +76,9 @@ def serve(settings: Settings) -> None:
     from .main import create_app
 
     logs.configure(settings.log_level)
+    # Bound first: a port in use fails the start at once, before migrations or any lifespan
+    # (uvicorn binds after the app's startup, then waits on its shutdown deaf to SIGTERM).
+    sock = listen(settings.host, settings.port)
 
     async def prepare(engine: AsyncEngine) -> tuple[bool, bool]:
         # Migrate and seed here, once, before any worker starts serving.
@@ -81,6 +104,7 @@ def serve(settings: Settings) -> None:
         log_config=None,  # keep the JSON handler installed above (workers install their own)
         access_log=False,  # the request-context middleware logs one structured line per request
         server_header=False,
+        http="app.http_protocol:TimedHttpToolsProtocol",  # header and body read timeouts
         # Our protocol class writes a prepared frame to every socket without ASGI's per-message
         # cost; the frames are zstd/gzip already, so permessage-deflate would only burn CPU.
         ws="app.realtime.ws_protocol:StreamWebSocketProtocol",
@@ -88,8 +112,12 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,  # SIGTERM: clients get 1012 at once; stragglers are cut
     )
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **options)
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        server.run(sockets=[sock])
+        if not server.started:
+            raise SystemExit(3)  # what uvicorn.run answers for a start that failed
         return
+    sock.close()  # uvicorn's parent binds the port itself and hands it to the workers
     # uvicorn spawns fresh interpreters sharing the bound socket; each imports this factory and
     # builds its app from the same environment. On SIGTERM the parent passes it to every worker.
     uvicorn.run(
@@ -134,12 +162,20 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("watch", help="log in, subscribe to the org's stream, print events")
     p.add_argument("--url", help="server base URL (default: http://localhost:PORT)")
     p.add_argument("--email", default="user@example.com")
-    p.add_argument("--password", help="omit to be prompted (or give --token)")
-    p.add_argument("--token", help="a bearer token instead of email and password")
+    p.add_argument(
+        "--password", help="default: WATCH_PASSWORD, the demo's for the demo user, else a prompt"
+    )
+    p.add_argument("--token", help="a bearer token instead of email and password (WATCH_TOKEN)")
     p.add_argument("--codec", default="zstd", choices=["zstd", "gzip", "none"])
     p.add_argument("--properties", help="comma-separated property ids to narrow to")
     p.add_argument("--max-events", type=int, help="exit after this many events (for scripts)")
+    sub.add_parser("settings-table", help="print every setting as the Markdown table of the docs")
     args = parser.parse_args(argv)
+    if args.command == "settings-table":
+        from .settings_doc import table
+
+        print(table(), end="")
+        return 0
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
@@ -153,11 +189,33 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)
             return 2
-        serve(settings)
+        try:
+            serve(settings)
+        except CannotListen as exc:
+            print(f"error: {exc} (set HOST/PORT, or stop what holds the port)", file=sys.stderr)
+            return 1
         return 0
     if args.command == "watch":
         return watch(settings, args)
     return _account_command(settings, args)
+
+
+def watch_password(settings: Settings, email: str, given: str | None) -> str | None:
+    """The password to log in with: given, WATCH_PASSWORD, the demo's, or asked on a terminal."""
+    from .accounts import DEMO_EMAIL, DEMO_PASSWORD
+
+    if given:
+        return given
+    if settings.watch_password:
+        return settings.watch_password
+    if email == DEMO_EMAIL:
+        return DEMO_PASSWORD  # what `make watch` promises: the demo user, no prompt
+    if sys.stdin.isatty():
+        try:
+            return getpass.getpass(f"Password for {email}: ")
+        except (EOFError, KeyboardInterrupt):
+            return None
+    return None
 
 
 def watch(settings: Settings, args: argparse.Namespace) -> int:
@@ -169,9 +227,16 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
 
     host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
     base = (args.url or f"http://{host}:{settings.port}").rstrip("/")
-    token = args.token
+    token = args.token or settings.watch_token
     if not token:
-        password = args.password or getpass.getpass("Password: ")
+        password = watch_password(settings, args.email, args.password)
+        if password is None:
+            print(
+                f"error: no password for {args.email}: give --password, set WATCH_PASSWORD, "
+                "or --token / WATCH_TOKEN",
+                file=sys.stderr,
+            )
+            return 1
         try:
             r = httpx2.post(
                 f"{base}/auth/login", json={"email": args.email, "password": password}, timeout=10
@@ -180,7 +245,14 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
             print(f"error: cannot reach {base}: {exc}", file=sys.stderr)
             return 1
         if r.status_code != 200:
-            print(f"error: login failed ({r.status_code}): {r.text}", file=sys.stderr)
+            try:
+                reason = r.json()["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                reason = r.text[:200]
+            print(
+                f"error: cannot log in to {base} as {args.email} ({r.status_code}): {reason}",
+                file=sys.stderr,
+            )
             return 1
         token = r.json()["accessToken"]
     ws_url = "ws" + base.removeprefix("http") + "/v2/realtime/stream"

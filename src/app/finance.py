@@ -42,7 +42,7 @@ from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
 from .storage import expenses, properties, property_totals, revenues, utcnow
-from .validation import read_json, read_query
+from .validation import INSTANT_PATTERN, iso_instant, read_json, read_query, whole_number
 
 MAX_ID = 2**63 - 1
 PaymentMode = Literal["cash", "upi", "card", "bank_transfer", "cheque", "other"]
@@ -61,18 +61,11 @@ Currency = Annotated[
 ]
 
 
-def _must_be_text(value: Any) -> Any:
-    # JSON numbers are not dates here: only an ISO 8601 string with an explicit offset is.
-    if not isinstance(value, str):
-        raise ValueError("must be an ISO 8601 date-time string with an offset")
-    return value
-
-
 def _query_offset(value: Any) -> Any:
     # An unencoded '+05:30' in a query string arrives as ' 05:30'; restore the sign.
     if isinstance(value, str):
         value = re.sub(r" (\d\d:?\d\d)$", r"+\1", value)
-    return value
+    return iso_instant(value)
 
 
 def _plausible(value: dt.datetime) -> dt.datetime:
@@ -82,17 +75,18 @@ def _plausible(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC)
 
 
+_INSTANT_SCHEMA = {"type": "string", "format": "date-time", "pattern": INSTANT_PATTERN}
 Instant = Annotated[
     AwareDatetime,
-    BeforeValidator(_must_be_text),
+    BeforeValidator(iso_instant),
     AfterValidator(_plausible),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
+    WithJsonSchema(_INSTANT_SCHEMA),
 ]
 QueryInstant = Annotated[
     AwareDatetime,
     BeforeValidator(_query_offset),
     AfterValidator(_plausible),
-    WithJsonSchema({"type": "string", "format": "date-time"}),
+    WithJsonSchema(_INSTANT_SCHEMA),
 ]
 Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]
 
@@ -115,6 +109,13 @@ class _EntryIn(_Camel):
     currency: Currency
     description: str = Field(default="", max_length=1000)
     payment_mode: PaymentMode
+
+    @field_validator("amount_cents", mode="before")
+    @classmethod
+    def _whole(cls, value: Any, info: ValidationInfo) -> Any:
+        # 1e23 or 1.5 would otherwise read "Input should be a valid integer": name the bounds.
+        limit = (info.context or {}).get("max_amount_cents", MAX_AMOUNT_LIMIT)
+        return whole_number(1, limit)(value)
 
     @field_validator("amount_cents")
     @classmethod

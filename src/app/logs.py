@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from contextvars import ContextVar
@@ -11,6 +12,10 @@ from typing import Any
 import orjson
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+# Set (and deliberately never reset) by the access middleware when the app refused a WebSocket
+# with an HTTP answer: uvicorn, still in the connection's task, then calls the handshake
+# "not completed" although the refusal was sent in full. Its own task, so it never leaks.
+ws_refused: ContextVar[int | None] = ContextVar("ws_refused", default=None)
 
 # Attributes every LogRecord has; anything else came through `extra=` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
@@ -21,6 +26,38 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
 }
 # Last line of defence: a field with one of these names never reaches a log line.
 _SECRET_WORDS = ("password", "secret", "token", "authorization", "cookie")
+# Secrets inside free text: query parameters that carry credentials, and anything shaped like a
+# JWT (three base64url segments, the first a JSON header: "eyJ").
+_SECRET_TEXT = re.compile(
+    r"(?i)(\b(?:access_token|token|password|api_key)=)[^&\s\"']*"
+    r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"
+    r"|(Bearer\s+)[A-Za-z0-9._~+/=-]+"
+)
+# uvicorn's handshake lines repeat each WebSocket's full query string; the access middleware
+# logs one line per connection instead, path only.
+_UVICORN_HANDSHAKE = '%s - "WebSocket %s"'
+_UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+def redact(text: str) -> str:
+    """Replace credentials found in free text (query strings, bearer tokens, JWTs)."""
+    return _SECRET_TEXT.sub(lambda m: (m.group(1) or m.group(2) or "") + "[redacted]", text)
+
+
+class SecretFilter(logging.Filter):
+    """Keep secrets and uvicorn's duplicate handshake lines out of every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("uvicorn"):
+            if isinstance(record.msg, str) and record.msg.startswith(_UVICORN_HANDSHAKE):
+                return False
+            if record.msg == _UNFINISHED_HANDSHAKE and ws_refused.get() is not None:
+                return False
+        message = record.getMessage()
+        cleaned = redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,7 +82,7 @@ class JsonFormatter(logging.Formatter):
                 value = "[redacted]"
             entry[key] = value
         if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+            entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()
 
 
@@ -53,6 +90,7 @@ def configure(level: str) -> None:
     """Send every logger, uvicorn's included, through one JSON handler on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(SecretFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

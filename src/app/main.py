@@ -10,12 +10,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import (
     auth,
     cache,
     finance,
     health,
+    http_protocol,
     idempotency,
     logs,
     metrics,
@@ -23,14 +25,15 @@ from . import (
     redis_client,
     storage,
 )
-from .errors import EXCEPTION_HANDLERS
+from .errors import EXCEPTION_HANDLERS, error_response
 from .events import EventBus
+from .middleware.authentication import AuthenticationMiddleware
 from .middleware.body_limit import BodyLimitMiddleware
 from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
 from .middleware.metrics import MetricsMiddleware
 from .middleware.request_context import RequestContextMiddleware
-from .openapi import Operation, build_document, routes
+from .openapi import Operation, body_limit, build_document, routes
 from .responses import OrjsonResponse
 from .settings import Settings
 
@@ -49,6 +52,22 @@ class OpenApiDocument(BaseModel):
 async def openapi_json(request: Request) -> Response:
     """The OpenAPI 3.1 document of this API."""
     return OrjsonResponse(request.app.state.openapi)
+
+
+def websocket_not_found(http_default: ASGIApp) -> ASGIApp:
+    """Answer a WebSocket to an unknown path with the 404 JSON (Starlette would close: 403)."""
+
+    async def default(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await http_default(scope, receive, send)
+            return
+        response = error_response(404, "not_found", f"No WebSocket endpoint at {scope['path']}.")
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await response(scope, receive, send)  # Starlette sends it as a denial response
+        else:
+            await send({"type": "websocket.close", "code": 1008, "reason": "not found"})
+
+    return default
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -141,7 +160,15 @@ def create_app(settings: Settings | None = None) -> Starlette:
             expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After"],
             max_age=600,
         ),
-        Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
+        Middleware(
+            BodyLimitMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            route_limits={
+                op.path: body_limit(op, settings) for op in operations if op.body and not op.auth
+            },
+        ),
+        # Once per request, for routes, WebSockets and idempotency alike (scope state "auth").
+        Middleware(AuthenticationMiddleware),
         # Innermost: the body is already bounded, and it sees exactly what the handler sends.
         Middleware(
             IdempotencyMiddleware,
@@ -155,6 +182,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,
     )
+    app.router.default = websocket_not_found(app.router.default)
+    http_protocol.configure(settings.http_header_timeout_s, settings.http_body_timeout_s)
     app.state.settings = settings
     app.state.metrics = registry
     # Created here, not in the lifespan, so sinks (tests, the realtime channel) can subscribe first.

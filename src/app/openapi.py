@@ -68,6 +68,13 @@ class Operation:
         return Route(self.path, self.endpoint, methods=[self.method])
 
 
+def body_limit(op: Operation, settings: Settings) -> int:
+    """The most bytes this operation's body may have (413 past it, before it is buffered)."""
+    if op.auth:
+        return settings.max_body_bytes
+    return min(settings.max_body_bytes, settings.max_unauthenticated_body_bytes)
+
+
 def routes(operations: Iterable[Operation]) -> list[Route]:
     return [op.route() for op in operations]
 
@@ -167,6 +174,10 @@ def build_document(operations: Iterable[Operation], settings: Settings) -> dict[
                     "application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}
                 },
             }
+            if status == 413:
+                entry["description"] = (
+                    f"Body larger than {body_limit(op, settings)} bytes (payload_too_large)"
+                )
             if status == 401:
                 entry["headers"] = {
                     "WWW-Authenticate": {"required": True, "schema": {"type": "string"}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -39,16 +40,23 @@ class Breaker:
     Logs once when an incident starts (`down`) and once when Redis answers again (`up`).
     """
 
-    def __init__(self, log: logging.Logger, down: str, up: str) -> None:
+    def __init__(
+        self,
+        log: logging.Logger,
+        down: str,
+        up: str,
+        clock: Callable[[], float] = time.monotonic,  # tests step their own
+    ) -> None:
         self._log, self._down, self._up = log, down, up
+        self._clock = clock
         self._until = 0.0
         self._incident = False
 
     def usable(self) -> bool:
-        return time.monotonic() >= self._until
+        return self._clock() >= self._until
 
     def failed(self, exc: BaseException, pause_s: float) -> None:
-        self._until = max(self._until, time.monotonic() + pause_s)
+        self._until = max(self._until, self._clock() + pause_s)
         if not self._incident:
             self._incident = True
             self._log.warning(self._down, extra={"error": type(exc).__name__})

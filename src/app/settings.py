@@ -163,6 +163,11 @@ class Settings:
     jwt_secret: str | None = field(default=None, repr=False)  # never printed
     token_ttl_s: int = 3600
     max_body_bytes: int = 32 * 1024 * 1024
+    # A client must send its request headers, then its body, within these (408 / dropped).
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 30.0
+    # Routes anyone may call (login): a few KiB, so no one buffers MAX_BODY_BYTES unauthenticated.
+    max_unauthenticated_body_bytes: int = 8 * 1024
     cors_origins: tuple[str, ...] = (
         "https://app.example.com",
         "https://admin.example.com",
@@ -191,6 +196,9 @@ class Settings:
     # its snapshot to Redis every interval under this prefix (expiring after three intervals).
     metrics_token: str | None = field(default=None, repr=False)  # never printed
     metrics_publish_interval_s: float = 5.0
+    # `python -m app watch` (make watch): credentials for a user other than the demo's.
+    watch_password: str | None = field(default=None, repr=False)  # never printed
+    watch_token: str | None = field(default=None, repr=False)  # never printed
     metrics_redis_prefix: str = "streamcore:metrics"
 
     def __post_init__(self) -> None:
@@ -277,6 +285,18 @@ class Settings:
             jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
             token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),
             max_body_bytes=_read(env, "MAX_BODY_BYTES", d.max_body_bytes, _positive_int),
+            http_header_timeout_s=_read(
+                env, "HTTP_HEADER_TIMEOUT_S", d.http_header_timeout_s, _positive_float
+            ),
+            http_body_timeout_s=_read(
+                env, "HTTP_BODY_TIMEOUT_S", d.http_body_timeout_s, _positive_float
+            ),
+            max_unauthenticated_body_bytes=_read(
+                env,
+                "MAX_UNAUTHENTICATED_BODY_BYTES",
+                d.max_unauthenticated_body_bytes,
+                _positive_int,
+            ),
             cors_origins=_read(env, "CORS_ORIGINS", d.cors_origins, _origins),
             max_amount_cents=_read(env, "MAX_AMOUNT_CENTS", d.max_amount_cents, _positive_int),
             page_size_default=_read(env, "PAGE_SIZE_DEFAULT", d.page_size_default, _positive_int),
@@ -307,4 +327,6 @@ class Settings:
                 env, "METRICS_PUBLISH_INTERVAL_S", d.metrics_publish_interval_s, _positive_float
             ),
             metrics_redis_prefix=_read(env, "METRICS_REDIS_PREFIX", d.metrics_redis_prefix, str),
+            watch_password=_read(env, "WATCH_PASSWORD", d.watch_password, str),
+            watch_token=_read(env, "WATCH_TOKEN", d.watch_token, str),
         )

@@ -1,19 +1,24 @@
 """Log-bucketed latency histogram (seconds), relative error <= 1/128 in [lowest, highest]."""
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
 import numpy.typing as npt
+from typing_extensions import Self, disjoint_base
 
+MAGIC: Final[bytes]
+VERSION: Final[int]
+
+@disjoint_base
 class Histogram:
     """Fixed-memory HDR-style histogram: 64 linear sub-buckets per power of two."""
 
     __hash__: ClassVar[None]  # type: ignore[assignment]
 
-    def __init__(self, lowest: float = 1e-6, highest: float = 3600.0) -> None:
+    def __new__(cls, lowest: float = 1e-6, highest: float = 3600.0) -> Self:
         """Create an empty histogram resolving [lowest, highest] to 1/128 relative error."""
-    def record(self, value: float, /) -> None:
+    def record(self, value: float) -> None:
         """Record one finite, non-negative value in O(1)."""
     def record_many(self, values: Any) -> None:
         """Record a C-contiguous float64 buffer (or list) with the GIL released; all or nothing."""
@@ -47,7 +52,7 @@ class Histogram:
     @property
     def highest(self) -> float:
         """Largest resolved value; larger values count in the overflow bucket."""
-    def percentile(self, q: float, /) -> float:
+    def percentile(self, q: float) -> float:
         """Return the nearest-rank q-th percentile, q in [0, 100]; 0.0 if empty."""
     def percentiles(self, qs: Iterable[float]) -> list[float]:
         """Return several percentiles in one pass, in the order given."""
@@ -60,6 +65,6 @@ class Histogram:
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> Histogram:
         """Decode a to_bytes() blob; CorruptDataError says what is wrong."""
-    def __eq__(self, other: object) -> bool:
+    def __eq__(self, other: object, /) -> bool:
         """Same layout, count, min, max and bucket counts (sum is not compared)."""
     def __reduce__(self) -> tuple[Any, tuple[bytes]]: ...

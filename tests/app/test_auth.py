@@ -8,7 +8,7 @@ from typing import Any
 
 import jwt
 import pytest
-from app_support import PASSWORD, Api
+from app_support import PASSWORD, SEED_EXPENSE, Api
 from sqlalchemy import select
 
 from app.auth import Tokens, load_or_create_secret, verify_password
@@ -193,3 +193,63 @@ def test_tokens_survive_a_restart(api_factory: Any, sqlite_url: str) -> None:
     a = first.tenant("Acme")
     second = api_factory(sqlite_url)  # same DATA_DIR, so the same secret
     assert second.client.get("/v1/finance/expenses", headers=a.auth).status_code == 200
+
+
+def _remove_user(api: Any, user_id: int) -> None:
+    from sqlalchemy import delete
+
+    from app import storage
+
+    async def remove() -> None:
+        async with api.app.state.db.begin() as conn:
+            await conn.execute(delete(storage.users).where(storage.users.c.id == user_id))
+
+    api.run(remove)
+
+
+def test_a_signed_token_of_a_removed_user_is_refused(sqlite_api: Any) -> None:
+    t = sqlite_api.tenant("Gone")
+    _remove_user(sqlite_api, t.user_id)
+    r = sqlite_api.client.get("/v1/finance/expenses", headers=t.auth)
+    assert r.status_code == 401, r.text
+    assert r.json()["error"] == {
+        "code": "invalid_token",
+        "message": "The access token's user no longer exists.",
+        "details": None,
+    }
+    # The idempotent write path authenticates the same way: nothing is claimed or stored.
+    keyed = {**t.auth, "Idempotency-Key": "gone-1"}
+    body = {**SEED_EXPENSE, "propertyId": t.property_id}
+    assert (
+        sqlite_api.client.post("/v1/finance/expenses", json=body, headers=keyed).status_code == 401
+    )
+    assert sqlite_api.app.state.idempotency_stats.claims == 0
+
+
+def test_a_removed_users_token_stops_working_within_the_check_interval(sqlite_api: Any) -> None:
+    from waiting import eventually
+
+    from app.middleware.authentication import USER_CHECK_S
+
+    t = sqlite_api.tenant("Soon")
+    assert sqlite_api.client.get("/v1/finance/expenses", headers=t.auth).status_code == 200
+    _remove_user(sqlite_api, t.user_id)
+    eventually(
+        lambda: sqlite_api.client.get("/v1/finance/expenses", headers=t.auth).status_code == 401,
+        "the removed user's token to be refused",
+        timeout=USER_CHECK_S * 4,
+    )
+
+
+def test_a_websocket_with_a_removed_users_token_is_refused(sqlite_api: Any) -> None:
+    from starlette.testclient import WebSocketDenialResponse
+
+    t = sqlite_api.tenant("GoneWs")
+    _remove_user(sqlite_api, t.user_id)
+    with (
+        pytest.raises(WebSocketDenialResponse) as refused,
+        sqlite_api.client.websocket_connect(f"/v2/realtime/stream?access_token={t.token}"),
+    ):
+        pass
+    assert refused.value.status_code == 403
+    assert refused.value.json()["error"]["code"] == "invalid_token"

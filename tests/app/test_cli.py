@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +120,35 @@ def test_a_bad_setting_fails_with_the_variable_named(
     monkeypatch.setenv("MAX_BODY_BYTES", "lots")
     assert main(["seed-demo"]) == 2
     assert "MAX_BODY_BYTES" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_serve_on_a_port_in_use_exits_at_once_with_a_message(tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from processes import free_port, server_env
+
+    port = free_port()
+    with socket.socket() as holder:
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        env = {**os.environ, **server_env(tmp_path), "HOST": "127.0.0.1", "PORT": str(port)}
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "serve"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+    assert done.returncode == 1, done.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "var" / "streamcore.db").exists()  # nothing started before the bind
+    assert took < 30  # an interpreter start, not a 20 s wait

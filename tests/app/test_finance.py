@@ -553,3 +553,45 @@ async def test_concurrent_writes_keep_the_running_totals_exact(
             row = (await conn.execute(select(property_totals))).one()
     # Expenses were amounts 1, 3, ..., 29 and revenues 2, 4, ..., 30.
     assert (row.expenses_cents, row.revenues_cents) == (225, 240)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "100",
+        "1700000000",
+        "2025-12-13",
+        "2025-12-13T10:00:00",
+        "13/12/2025 10:00Z",
+        "0999-01-01T00:00:00Z",
+    ],
+)
+def test_dates_are_only_the_documented_iso_8601_form(sqlite_api: Any, value: str) -> None:
+    t = sqlite_api.tenant(f"Dates{abs(hash(value)) % 10**6}")
+    r = sqlite_api.client.post(
+        "/v1/finance/expenses", json=expense(t, expenseDate=value), headers=t.auth
+    )
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["error"]["details"]
+    assert detail["field"] == "expenseDate"
+    assert "ISO 8601" in detail["message"]
+    listed = sqlite_api.client.get("/v1/finance/expenses", params={"from": value}, headers=t.auth)
+    assert listed.status_code == 422
+
+
+@pytest.mark.parametrize("amount", [1e23, 1.5, 10**16])
+def test_an_amount_out_of_range_names_the_bounds(sqlite_api: Any, amount: float) -> None:
+    t = sqlite_api.tenant(f"Amount{abs(hash(amount)) % 10**6}")
+    r = sqlite_api.client.post(
+        "/v1/finance/expenses", json=expense(t, amountCents=amount), headers=t.auth
+    )
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["error"]["details"]
+    limit = sqlite_api.app.state.settings.max_amount_cents
+    if isinstance(amount, int):
+        assert detail == {"field": "amountCents", "message": f"must be at most {limit}"}
+        return
+    assert detail == {
+        "field": "amountCents",
+        "message": f"must be a whole number from 1 to {limit}",
+    }

@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
+from waiting import eventually
 
 from app import auth, finance, idempotency, storage
 from app.errors import EXCEPTION_HANDLERS
@@ -70,6 +71,27 @@ def test_redis_flushed_between_request_and_retry(
     assert other.status_code == 409
     assert other.json()["error"]["code"] == "idempotency_key_reused"
     assert rows(api) == 1
+
+
+def test_every_retry_after_redis_lost_its_keys_is_the_stored_response(
+    api_factory: Any, database_url: str, redis_server: PrivateRedis
+) -> None:
+    # The collision with the database record must not leave this retry's claim in Redis, where
+    # every later retry would read "in progress" until the lease ran out, again and again.
+    api = api_factory(database_url, redis_url=redis_server.url)
+    a = api.tenant("Acme")
+    headers = keyed(a, new_key())
+    first = api.client.post(PATH, json=expense(a), headers=headers)
+    assert first.status_code == 201
+    redis_server.client().flushall()
+    for _ in range(3):
+        retry = api.client.post(PATH, json=expense(a), headers=headers)
+        assert retry.status_code == 201, retry.text
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.content == first.content
+    assert rows(api) == 1
+    # Redis holds the stored response again, so the next retries cost no handler run.
+    assert api.app.state.idempotency_stats.backstop_hits == 1
 
 
 def test_a_response_gone_from_redis_after_its_ttl_is_still_replayed_from_the_database(
@@ -166,7 +188,8 @@ def test_a_retry_during_an_outage_of_a_request_made_during_it_is_not_a_duplicate
         assert api.client.post(PATH, json=expense(a), headers=headers).status_code == 201
     finally:
         redis_server.resume()
-    time.sleep(1.1)  # past the fallback window: Redis is tried again and knows nothing
+    # Past the fallback window Redis is tried again, and it knows nothing of the request.
+    eventually(api.app.state.idempotency._usable, "the Redis breaker to close")
     retry = api.client.post(PATH, json=expense(a), headers=headers)
     assert retry.headers["idempotent-replayed"] == "true"
     assert rows(api) == 1
@@ -351,15 +374,31 @@ def test_a_handler_that_outlives_its_lease_cannot_write_twice(
     before = rows(api)
     headers = keyed(a, new_key())
 
+    stats = api.app.state.idempotency_stats
+    lease_s = overrides["idempotency_lease_s"]
+
+    async def until(check: Any, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + 20
+        while not check():
+            assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+            await asyncio.sleep(0.01)
+
     async def scenario() -> tuple[httpx2.Response, httpx2.Response]:
         transport = httpx2.ASGITransport(app=api.app)
         async with httpx2.AsyncClient(transport=transport, base_url="http://t", timeout=30) as c:
             async with _write_lock(api, database_url, a.property_id):
+                claims = stats.claims
                 first = asyncio.create_task(c.post(PATH, json=expense(a), headers=headers))
-                await asyncio.sleep(0.6)  # the first is stuck in its transaction; lease lapsed
+                await until(lambda: stats.claims == claims + 1, "the first request's claim")
+                # Its lease started before the count moved: once lease_s has passed it lapsed.
+                lapsed_at = asyncio.get_running_loop().time() + lease_s + 0.05
+                await until(lambda: asyncio.get_running_loop().time() >= lapsed_at, "the lease")
+                assert not first.done()  # held by the lock inside its transaction
                 second = asyncio.create_task(c.post(PATH, json=expense(a), headers=headers))
-                await asyncio.sleep(0.2)
-                assert not first.done() and not second.done()  # both handlers are running
+                # The second claims the lapsed key and runs into the same lock.
+                await until(lambda: stats.claims == claims + 2 or second.done(), "second claim")
+                assert not second.done(), second.result().text
+                assert not first.done()  # both handlers are running
             return await asyncio.wait_for(first, 20), await asyncio.wait_for(second, 20)
 
     try:

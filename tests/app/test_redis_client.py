@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import pytest
 
@@ -14,15 +13,16 @@ def test_a_failure_pauses_redis_and_an_incident_logs_once_each_way(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     log = logging.getLogger("test.breaker")
-    breaker = Breaker(log, "down", "up")
+    now = [100.0]
+    breaker = Breaker(log, "down", "up", clock=lambda: now[0])
     assert breaker.usable()
     with caplog.at_level(logging.WARNING, "test.breaker"):
         breaker.failed(ConnectionError(), 0.05)
         breaker.failed(TimeoutError(), 0.01)  # a shorter pause never shortens the one running
         assert not breaker.usable()
-        time.sleep(0.03)
+        now[0] += 0.03
         assert not breaker.usable()
-        time.sleep(0.03)
+        now[0] += 0.03
         assert breaker.usable()
         breaker.ok()
         breaker.ok()

@@ -120,3 +120,60 @@ def test_concurrent_writes_all_land_and_add_up(server: ServeProcess) -> None:
     assert statuses == [201] * 40
     eur = next(t for t in summary["totals"] if t["currency"] == "EUR")
     assert (eur["expensesCents"], eur["expenseCount"]) == (280, 40)
+
+
+def test_a_405_names_every_method_the_path_serves(server: ServeProcess) -> None:
+    with httpx2.Client(base_url=server.http, timeout=10) as client:
+        for method in ("OPTIONS", "PUT", "DELETE", "PATCH"):
+            r = client.request(method, "/v1/finance/expenses")
+            assert r.status_code == 405, (method, r.text)
+            assert r.headers["allow"] == "GET, HEAD, POST", method
+            assert r.json()["error"]["code"] == "method_not_allowed"
+        assert client.delete("/auth/login").headers["allow"] == "POST"
+
+
+def _watch(server: ServeProcess, *args: str, **env: str) -> subprocess.Popen[str]:
+    import os
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "app", "watch", "--url", server.http, *args],
+        stdin=subprocess.DEVNULL,  # no terminal: nothing may prompt
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **env},
+    )
+
+
+def test_watch_logs_in_as_the_demo_user_without_a_terminal(server: ServeProcess) -> None:
+    import time
+
+    proc = _watch(server)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 60
+    lines: list[str] = []
+    try:
+        while not any(line.startswith("subscribed to") for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, lines
+            lines.append(proc.stderr.readline())
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)  # reaps it and closes both pipes
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "says"),
+    [
+        (("--email", "someone@example.com"), {}, "no password for someone@example.com"),
+        ((), {"WATCH_PASSWORD": "not-the-password"}, "cannot log in to"),
+    ],
+)
+def test_watch_says_plainly_why_it_cannot_log_in(
+    server: ServeProcess, args: tuple[str, ...], env: dict[str, str], says: str
+) -> None:
+    proc = _watch(server, *args, **env)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert says in err
+    assert "Traceback" not in err

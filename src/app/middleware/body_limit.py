@@ -8,6 +8,8 @@ Three ways a body can be too large, all answered the same way:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge, error_response
@@ -17,14 +19,19 @@ _CLOSE = {"Connection": "close"}
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, max_body_bytes: int, route_limits: Mapping[str, int] | None = None
+    ) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        # Path -> a tighter limit (unauthenticated routes), applied before a byte is buffered.
+        self.route_limits = dict(route_limits or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.route_limits.get(scope["path"], self.max_body_bytes)
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
@@ -33,13 +40,13 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = None
                 break
-        if declared is not None and declared > self.max_body_bytes:
-            await self._reject(scope, receive, send)
+        if declared is not None and declared > limit:
+            await self._reject(scope, receive, send, limit)
             return
 
         # Never allow more than declared: the server should not frame past it, but an ASGI
         # server or proxy that does must not get an unbounded body through.
-        allowed = self.max_body_bytes if declared is None else declared
+        allowed = limit if declared is None else declared
         received = 0
         started = False
 
@@ -50,9 +57,7 @@ class BodyLimitMiddleware:
                 received += len(message.get("body", b""))
                 if received > allowed:
                     raise PayloadTooLarge(
-                        self._message(),
-                        details={"limit": self.max_body_bytes},
-                        headers=_CLOSE,
+                        self._message(limit), details={"limit": limit}, headers=_CLOSE
                     )
             return message
 
@@ -67,13 +72,13 @@ class BodyLimitMiddleware:
             # Raised from receive() where no handler caught it (e.g. a streaming endpoint).
             if started:
                 raise
-            await self._reject(scope, receive, send)
+            await self._reject(scope, receive, send, limit)
 
-    def _message(self) -> str:
-        return f"The request body is larger than {self.max_body_bytes} bytes."
+    def _message(self, limit: int) -> str:
+        return f"The request body is larger than {limit} bytes."
 
-    async def _reject(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _reject(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = error_response(
-            413, PayloadTooLarge.code, self._message(), {"limit": self.max_body_bytes}, _CLOSE
+            413, PayloadTooLarge.code, self._message(limit), {"limit": limit}, _CLOSE
         )
         await response(scope, receive, send)

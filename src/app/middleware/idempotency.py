@@ -23,6 +23,10 @@ log = logging.getLogger("app.idempotency")
 
 
 def _principal(scope: Scope, tokens: Tokens) -> Principal | None:
+    state = scope.get("state", {})
+    if "auth" in state:  # authenticated once, by the authentication middleware
+        outcome = state["auth"]
+        return outcome if isinstance(outcome, Principal) else None
     for name, value in scope["headers"]:
         if name == b"authorization":
             scheme, _, token = value.decode("latin-1").partition(" ")
@@ -116,6 +120,12 @@ class IdempotencyMiddleware:
             # Another request's record stands (Redis lost the key, or our lease lapsed): the
             # write was rolled back, so answer from that record.
             outcome = await store.lookup(claim) or idem.InProgress(1)
+            # Our claim must not outlive this answer in Redis: later retries would read it as
+            # "in progress" for a whole lease. The record replaces it, or it is let go.
+            if isinstance(outcome, idem.Replay) and isinstance(store, idem.RedisStore):
+                await store.cache(claim, outcome.stored)
+            else:
+                await self._release(store, claim)
             await self._answer(outcome, scope, receive, send)
             return
         except BaseException:

@@ -13,6 +13,7 @@ from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..errors import CLIENT_CLOSED_REQUEST
 from ..metrics.registry import Registry
 
 
@@ -26,16 +27,24 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = 500  # what the client gets if nothing answered
+        answered = False
 
         async def send_status(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
+
+        async def receive_status() -> Message:
+            nonlocal status
+            message = await receive()
+            if message["type"] == "http.disconnect" and not answered:
+                status = CLIENT_CLOSED_REQUEST  # gone before an answer: the client's doing
+            return message
 
         start = perf_counter()
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive_status, send_status)
         finally:
             end = perf_counter()
             endpoint = scope.get("endpoint")

@@ -1,4 +1,8 @@
-"""Give every request an id (X-Request-ID), put it in the log context, log one access line."""
+"""Give every request an id (X-Request-ID), put it in the log context, log one access line.
+
+A WebSocket gets one line too, when it ends: 101 and its close code if it was accepted, else the
+status of the HTTP answer that refused it (403, 404, 429...).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ import uuid
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..errors import internal_error_response
-from ..logs import request_id
+from ..errors import CLIENT_CLOSED_REQUEST, internal_error_response
+from ..logs import request_id, ws_refused
 
 log = logging.getLogger("app.access")
 # A caller-supplied id is kept only if it cannot forge log structure or carry a payload.
@@ -31,17 +35,39 @@ class RequestContextMiddleware:
         token = request_id.set(rid)
         status = 500  # what the client gets if the app dies before answering
         responded = False
+        close_code: int | None = None
         started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status, responded
-            if message["type"] == "http.response.start":
+            nonlocal status, responded, close_code
+            kind = message["type"]
+            if kind in ("http.response.start", "websocket.http.response.start"):
                 status, responded = message["status"], True
                 MutableHeaders(scope=message).append("X-Request-ID", rid)
+                if kind == "websocket.http.response.start":
+                    ws_refused.set(status)
+            elif kind == "websocket.accept":
+                status, responded = 101, True
+            elif kind == "websocket.close":
+                if responded:
+                    close_code = close_code or message.get("code", 1000)
+                else:  # a close before accepting: the server answers 403 (no denial extension)
+                    status, responded = 403, True
+                    ws_refused.set(status)
             await send(message)
 
+        async def receive_watching() -> Message:
+            nonlocal close_code, status
+            message = await receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect" and close_code is None and responded:
+                close_code = message.get("code", 1005)
+            elif kind == "http.disconnect" and not responded:
+                status = CLIENT_CLOSED_REQUEST  # the client left before it was answered
+            return message
+
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_watching, send_with_id)
         except Exception:
             # Answered here rather than by Starlette's outermost handler so the 500 carries the
             # request id and the logged traceback is tagged with it.
@@ -51,14 +77,14 @@ class RequestContextMiddleware:
             await internal_error_response()(scope, receive, send_with_id)
         finally:
             # Path only: query strings may carry cursors or, from careless clients, secrets.
-            log.info(
-                "request",
-                extra={
-                    "requestId": rid,  # explicit: the record may be formatted after the reset
-                    "method": scope.get("method", "WS"),
-                    "path": scope["path"],
-                    "status": status,
-                    "durationMs": round((time.perf_counter() - started) * 1000, 2),
-                },
-            )
+            extra = {
+                "requestId": rid,  # explicit: the record may be formatted after the reset
+                "method": scope.get("method", "WS"),
+                "path": scope["path"],
+                "status": status,
+                "durationMs": round((time.perf_counter() - started) * 1000, 2),
+            }
+            if status == 101:
+                extra["closeCode"] = close_code if close_code is not None else 1006
+            log.info("request", extra=extra)
             request_id.reset(token)

@@ -138,3 +138,42 @@ def test_the_app_answers_413_for_declared_and_chunked_bodies(client: TestClient)
 
 def test_the_default_limit_is_32_mib() -> None:
     assert Settings().max_body_bytes == 32 * 1024 * 1024
+
+
+async def test_a_route_with_its_own_limit_is_cut_off_at_it() -> None:
+    inner = Recorder()
+    app = BodyLimitMiddleware(inner, max_body_bytes=LIMIT * 100, route_limits={"/": LIMIT})
+    sent = await call(app, [], [b"x" * 400] * 10)  # chunked: no Content-Length to judge by
+    status, body = status_and_body(sent)
+    assert status == 413 and body["error"]["details"] == {"limit": LIMIT}
+    assert sent[-1]["pulled"] == 3
+    other = await call(
+        BodyLimitMiddleware(Recorder(), max_body_bytes=LIMIT * 100, route_limits={"/x": LIMIT}),
+        [],
+        [b"x" * 400] * 10,
+    )
+    assert status_and_body(other)[0] == 200  # the general limit elsewhere
+
+
+def test_login_takes_a_few_kib_before_anything_is_buffered(tmp_path: Any) -> None:
+    # Unauthenticated: anyone could otherwise make the server hold MAX_BODY_BYTES per request.
+    settings = Settings(database_url=f"sqlite+aiosqlite:///{tmp_path}/db", data_dir=str(tmp_path))
+    assert settings.max_body_bytes == 32 * 1024 * 1024
+    limit = settings.max_unauthenticated_body_bytes
+    assert 2048 <= limit <= 16 * 1024
+
+    def stream() -> Iterator[bytes]:
+        yield b'{"email": "user@example.com", "password": "'
+        for _ in range(64):
+            yield b"x" * 1024
+        yield b'"}'
+
+    with TestClient(create_app(settings)) as client:
+        r = client.post(
+            "/auth/login", content=stream(), headers={"Content-Type": "application/json"}
+        )
+        assert r.status_code == 413
+        assert r.json()["error"]["details"] == {"limit": limit}
+        document = client.get("/openapi.json").json()
+    login = document["paths"]["/auth/login"]["post"]
+    assert str(limit) in login["responses"]["413"]["description"]

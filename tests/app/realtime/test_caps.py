@@ -11,9 +11,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from support import hello, open_ws
+from waiting import eventually_async
 from websockets.exceptions import InvalidStatus
 
-from app.realtime.caps import Lease, RedisCaps
+from app.realtime.caps import CapExceeded, Lease, RedisCaps
 
 
 async def _refused(url: str, token: str) -> tuple[int, Any, dict[str, Any]]:
@@ -130,8 +131,15 @@ async def test_redis_leases_of_a_dead_worker_expire(redis_url: str) -> None:
         with pytest.raises(Exception, match="User connection limit exceeded"):
             await alive.acquire(Lease("c", 1, 1))
         await alive.start()  # only `alive` refreshes; `dead` died without releasing
-        await asyncio.sleep(0.9)
-        await alive.acquire(Lease("c", 1, 1))  # a's lease expired; b's was refreshed
+
+        async def acquired() -> bool:
+            try:
+                await alive.acquire(Lease("c", 1, 1))
+            except CapExceeded:
+                return False
+            return True
+
+        await eventually_async(acquired, "a's lease to expire")  # b's is refreshed meanwhile
         with pytest.raises(Exception, match="User connection limit exceeded"):
             await alive.acquire(Lease("d", 1, 1))
         await alive.stop()  # releases b and c
@@ -169,8 +177,16 @@ def test_caps_hold_across_two_server_processes(redis_url: str, tmp_path: Path) -
                 assert (status, body["error"]["message"]) == (429, "User connection limit exceeded")
             # a dies without releasing: its two leases expire within REALTIME_LEASE_S
             a.stop(sig=9)
-            await asyncio.sleep(2.0)
-            more = [await open_ws(b.ws, token) for _ in range(2)]
+            more: list[Any] = []
+
+            async def reconnected() -> bool:
+                try:
+                    more.append(await open_ws(b.ws, token))
+                except InvalidStatus:
+                    return False
+                return len(more) == 2
+
+            await eventually_async(reconnected, "the dead server's leases to expire")
             status, _, _ = await _refused(b.ws, token)
             assert status == 429
             for ws in (*more, on_b):

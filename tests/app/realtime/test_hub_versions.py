@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 from hub_support import Subscriber, make_hub
+from waiting import eventually_async
 
 from app.events import Event, state
 from app.realtime import fanout
@@ -33,11 +34,16 @@ def delivered(
         )
         sock = Subscriber(org_id=1)
         hub.subscribe(sock, properties, None, None)
+        ch = sock.channel
+
+        async def flushed() -> bool:  # the window closed: nothing waits in the channel
+            return not ch.pending() and not hub.scheduler.is_active(ch.sched_id)
+
         for i, event in enumerate(events):
             hub.ingest(event)
             if i % window_every == window_every - 1:  # the next events open a new window
-                await asyncio.sleep(0.02)
-        await asyncio.sleep(0.05)
+                await eventually_async(flushed, "the window to flush")
+        await eventually_async(flushed, "the last window to flush")
         hub.close()
         got = [orjson.loads(p)["data"] for f in sock.frames for p in f.payloads]
         return got, hub.metrics.stale_dropped

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from support import frames_until, hello, next_frame, open_ws, publish
+from waiting import eventually_async
 from websockets.asyncio.client import connect
 
 from app.client import Reset, StreamClient
@@ -76,7 +77,13 @@ async def test_history_is_bounded_by_age(rt_factory: Any) -> None:
     async with await open_ws(srv.ws, t["token"]) as ws:
         epoch = (await hello(ws))["epoch"]
     await _frames(srv, t["token"], 2)
-    await asyncio.sleep(0.3)
+    # Both frames are in the history before this instant; past it plus the age, they are not.
+    aged_at = srv.hub.now_ms() + srv.hub.history_age_s * 1000.0
+
+    async def aged() -> bool:
+        return bool(srv.hub.now_ms() > aged_at)
+
+    await eventually_async(aged, "the history to age out")
     async with await open_ws(srv.ws, t["token"], epoch=epoch, last_seq=0) as ws:
         await hello(ws)
         (reset,) = (await next_frame(ws)).events

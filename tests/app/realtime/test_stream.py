@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx2
 import pytest
 from support import assert_silent, frames_until, hello, next_frame, open_ws, publish
+from waiting import eventually_async
 from websockets.exceptions import InvalidStatus
 
 from streamcore import Codec
@@ -272,12 +272,14 @@ async def test_quiet_unwatched_channels_are_forgotten(rt_factory: Any) -> None:
         await publish(srv.http, t["token"], [{"type": "a", "key": "k", "data": 1}])
         await publish(srv.http, watcher["token"], [{"type": "a", "key": "k", "data": 1}])
         await frames_until(ws, 1)
-        # Polled: the unwatched channel goes once its window has flushed and its history aged.
-        loop = asyncio.get_running_loop()
-        deadline, swept = loop.time() + 5, 0
-        while srv.hub.channel((t["org"], None), create=False) is not None:
-            assert loop.time() < deadline, "the quiet channel was never forgotten"
+        swept = 0
+
+        async def sweep() -> bool:  # the unwatched org's channel, once its history has aged
+            nonlocal swept
             swept += srv.hub.sweep()
-            await asyncio.sleep(0.05)
-        assert swept == 1  # the unwatched org's channel; the watched one stays
+            return swept >= 1
+
+        await eventually_async(sweep, "the quiet channel to be swept")
+        assert swept == 1  # the watched one stays
+        assert srv.hub.channel((t["org"], None), create=False) is None
         assert srv.hub.channel((watcher["org"], None), create=False) is not None

@@ -1,0 +1,1 @@
+"""Coverage-guided fuzzing (atheris) of everything that parses bytes an outsider sends."""
