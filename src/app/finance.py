@@ -247,7 +247,8 @@ class Ledger:
         self.kind = kind  # "expense" | "revenue"
         self.date_field = date_field  # camelCase, as the API names it
         self.date = table.c[f"{kind}_date"]
-        self._insert = insert(table).returning(table)
+        self._insert = insert(table).returning(table.c.id)
+        self._pg_write = _postgres_write(table.name, self.date.name)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -272,32 +273,133 @@ class Ledger:
         claim: idempotency.Claim | None = None,
     ) -> tuple[dict[str, Any], Write]:
         """Store an entry, bump the property's running totals, publish after commit."""
-        values = {
-            "org_id": who.org_id,
-            "property_id": body.property_id,
+        date = getattr(body, self.date.name)
+        record = {
+            "id": 0,  # the database's, filled in below
+            "propertyId": body.property_id,
             "category": body.category,
-            "amount_cents": body.amount_cents,
+            "amountCents": body.amount_cents,
             "currency": body.currency,
             "description": body.description,
-            self.date.name: getattr(body, self.date.name),
-            "payment_mode": body.payment_mode,
-            "created_at": utcnow(),
-            "created_by": who.user_id,
+            self.date_field: date,
+            "paymentMode": body.payment_mode,
+            "createdAt": utcnow(),
+            "createdBy": who.user_id,
         }
-        async with storage.write_transaction(engine) as conn:
-            if not await accounts.property_in_org(conn, body.property_id, who.org_id):
-                raise NotFound("Property not found.")
-            row = (await conn.execute(self._insert, values)).one()
-            version, totals = await _bump_totals(
-                conn, self.kind, body.property_id, body.currency, body.amount_cents
+        if engine.dialect.name == "postgresql":
+            version, totals = await self._store_postgres(engine, who.org_id, record, claim)
+        else:
+            version, totals = await storage.group_commit(engine).run(
+                lambda conn: self._store_sqlite(conn, who.org_id, record, claim)
             )
-            record = self.record(row)
-            if claim is not None:
-                # The key's record commits with the entry: a retry can never write it twice.
-                await claim.complete(conn, OrjsonResponse(record, status_code=201))
         bus.publish_many(self.events(who.org_id, record, version, totals))
-        date = values[self.date.name]
         return record, Write(version, self.kind, body.currency, body.amount_cents, date)
+
+    def _args(self, org_id: int, r: dict[str, Any]) -> tuple[Any, ...]:
+        expense = r["amountCents"] if self.kind == "expense" else 0
+        revenue = r["amountCents"] if self.kind == "revenue" else 0
+        return (
+            r["propertyId"],
+            org_id,
+            r["category"],
+            r["amountCents"],
+            r["currency"],
+            r["description"],
+            r[self.date_field],
+            r["paymentMode"],
+            r["createdAt"],
+            r["createdBy"],
+            expense,
+            revenue,
+        )
+
+    async def _store_postgres(
+        self,
+        engine: AsyncEngine,
+        org_id: int,
+        record: dict[str, Any],
+        claim: idempotency.Claim | None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One statement checks, inserts and moves the totals; a claim adds its own upsert."""
+        args = self._args(org_id, record)
+        pid = record["propertyId"]
+        if claim is None:
+            # asyncpg itself, bypassing SQLAlchemy's execution layer: the statement is prepared
+            # once per connection, and BEGIN/COMMIT are its only other round trips.
+            async with engine.connect() as conn:
+                db = await storage.driver_connection(conn)
+                async with db.transaction():
+                    row = await db.fetchrow(self._pg_write, *args)
+                    if row is None:
+                        raise NotFound("Property not found.")
+                    state = row
+                    if row["seen"] + 1 != row["version"]:
+                        # Another write to this property committed while this one waited for
+                        # the row: the statement's snapshot predates it. Holding the row now,
+                        # a fresh read gives exactly this version's totals.
+                        state = await db.fetchrow(_PG_STATE, pid)
+            record["id"] = row["id"]
+            return row["version"], _totals(state)
+        async with engine.begin() as conn:
+            row = (await conn.exec_driver_sql(self._pg_write, args)).mappings().first()
+            if row is None:
+                raise NotFound("Property not found.")
+            record["id"] = row["id"]
+            state = row
+            if row["seen"] + 1 != row["version"]:
+                # In the transaction this write holds the property's row: the totals read now
+                # are exactly those of its version.
+                state = (
+                    (await conn.exec_driver_sql(_PG_STATE, (record["propertyId"],)))
+                    .mappings()
+                    .one()
+                )
+            # The key's record commits with the entry: a retry can never write it twice.
+            await claim.complete(conn, OrjsonResponse(record, status_code=201))
+            return row["version"], _totals(state)
+
+    async def _store_sqlite(
+        self,
+        conn: AsyncConnection,
+        org_id: int,
+        record: dict[str, Any],
+        claim: idempotency.Claim | None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The write as one job of a group commit (SQLite has no data-modifying CTEs)."""
+        pid = record["propertyId"]
+        version = (
+            await conn.execute(_BUMP_VERSION, {"property_id": pid, "in_org": org_id})
+        ).scalar_one_or_none()
+        if version is None:  # nothing was written: not a property of this org
+            raise NotFound("Property not found.")
+        values = {
+            "org_id": org_id,
+            "property_id": pid,
+            "category": record["category"],
+            "amount_cents": record["amountCents"],
+            "currency": record["currency"],
+            "description": record["description"],
+            self.date.name: record[self.date_field],
+            "payment_mode": record["paymentMode"],
+            "created_at": record["createdAt"],
+            "created_by": record["createdBy"],
+        }
+        record["id"] = (await conn.execute(self._insert, values)).scalar_one()
+        amount = record["amountCents"]
+        await conn.execute(
+            _UPSERT_TOTALS["sqlite"],
+            {
+                "property_id": pid,
+                "currency": record["currency"],
+                "expenses_cents": amount if self.kind == "expense" else 0,
+                "revenues_cents": amount if self.kind == "revenue" else 0,
+            },
+        )
+        rows = await conn.execute(_SELECT_TOTALS, {"property_id": pid})
+        totals = [{"currency": r[0], "expensesCents": r[1], "revenuesCents": r[2]} for r in rows]
+        if claim is not None:
+            await claim.complete(conn, OrjsonResponse(record, status_code=201))
+        return int(version), totals
 
     def events(
         self, org_id: int, record: dict[str, Any], version: int, totals: list[dict[str, Any]]
@@ -365,10 +467,6 @@ class Ledger:
         )
 
 
-EXPENSES = Ledger(expenses, "expense", "expenseDate")
-REVENUES = Ledger(revenues, "revenue", "revenueDate")
-
-
 def _upsert_totals(dialect: str) -> Any:
     pt = property_totals
     stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(pt).values(
@@ -390,7 +488,7 @@ def _upsert_totals(dialect: str) -> Any:
 _UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
 _BUMP_VERSION = (
     update(properties)
-    .where(properties.c.id == bindparam("property_id"))
+    .where(properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("in_org"))
     .values(totals_version=properties.c.totals_version + 1)
     .returning(properties.c.totals_version)
 )
@@ -405,33 +503,69 @@ _SELECT_TOTALS = (
 )
 
 
-async def _bump_totals(
-    conn: AsyncConnection, kind: str, property_id: int, currency: str, amount: int
-) -> tuple[int, list[dict[str, Any]]]:
-    """Add to the property's running total in this transaction; return its version and totals.
+def _postgres_write(table: str, date_column: str) -> str:
+    """The whole write on PostgreSQL, one statement: $1 property, $2 org, $11/$12 the amounts.
 
-    The version row is locked first, so concurrent writers to one property take turns: each
-    reads the totals the previous one committed, and versions order the snapshots.
+    `bump` locks the property's row (and checks it is the org's: no row, nothing written), so
+    writers to one property take turns; `seen` is the version in the statement's snapshot,
+    which says whether the other currencies' totals read from that snapshot are current.
     """
-    version = (await conn.execute(_BUMP_VERSION, {"property_id": property_id})).scalar_one()
-    await conn.execute(
-        _UPSERT_TOTALS[conn.dialect.name],
-        {
-            "property_id": property_id,
-            "currency": currency,
-            "expenses_cents": amount if kind == "expense" else 0,
-            "revenues_cents": amount if kind == "revenue" else 0,
-        },
-    )
-    rows = await conn.execute(_SELECT_TOTALS, {"property_id": property_id})
-    return int(version), [
-        {
-            "currency": r.currency,
-            "expensesCents": r.expenses_cents,
-            "revenuesCents": r.revenues_cents,
-        }
-        for r in rows
+    return f"""
+WITH bump AS (
+    UPDATE properties SET totals_version = totals_version + 1
+    WHERE id = $1::bigint AND org_id = $2::bigint
+    RETURNING id, totals_version
+), seen AS (
+    SELECT totals_version FROM properties WHERE id = $1::bigint
+), entry AS (
+    INSERT INTO {table} (org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT $2::bigint, id, $3::varchar, $4::bigint, $5::varchar, $6::text, $7::timestamptz,
+           $8::varchar, $9::timestamptz, $10::bigint
+    FROM bump
+    RETURNING id
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT id, $5::varchar, $11::bigint, $12::bigint FROM bump
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+    RETURNING currency, expenses_cents, revenues_cents
+), totals AS (
+    SELECT currency, expenses_cents, revenues_cents FROM moved
+    UNION ALL
+    SELECT currency, expenses_cents, revenues_cents FROM property_totals
+    WHERE property_id = $1::bigint AND currency <> $5::varchar
+)
+SELECT entry.id, bump.totals_version AS version, (SELECT totals_version FROM seen) AS seen,
+       (SELECT array_agg(currency ORDER BY currency) FROM totals) AS currencies,
+       (SELECT array_agg(expenses_cents ORDER BY currency) FROM totals) AS expenses,
+       (SELECT array_agg(revenues_cents ORDER BY currency) FROM totals) AS revenues
+FROM entry, bump
+"""
+
+
+# A property's totals and their version, in one snapshot.
+_PG_STATE = """
+SELECT p.totals_version AS version,
+       array_agg(t.currency ORDER BY t.currency) AS currencies,
+       array_agg(t.expenses_cents ORDER BY t.currency) AS expenses,
+       array_agg(t.revenues_cents ORDER BY t.currency) AS revenues
+FROM properties p JOIN property_totals t ON t.property_id = p.id
+WHERE p.id = $1::bigint
+GROUP BY p.totals_version
+"""
+
+
+def _totals(row: Any) -> list[dict[str, Any]]:
+    return [
+        {"currency": c, "expensesCents": e, "revenuesCents": r}
+        for c, e, r in zip(row["currencies"], row["expenses"], row["revenues"], strict=True)
     ]
+
+
+EXPENSES = Ledger(expenses, "expense", "expenseDate")
+REVENUES = Ledger(revenues, "revenue", "revenueDate")
 
 
 def encode_cursor(date: dt.datetime, id_: int) -> str:
