@@ -185,8 +185,11 @@ def create_engine(database_url: str) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
         return engine
+    # pool_size covers the concurrency one worker serves: connections beyond it ("overflow")
+    # are closed on return, and reopening one per burst (TLS probe, auth, startup) cost more
+    # CPU than the writes themselves under a steady 16-32 concurrent requests.
     engine = create_async_engine(
-        url, pool_size=10, max_overflow=10, pool_recycle=POOL_RECYCLE_S, hide_parameters=True
+        url, pool_size=32, max_overflow=8, pool_recycle=POOL_RECYCLE_S, hide_parameters=True
     )
     event.listen(engine.sync_engine, "checkout", _discard_closed)
     return engine
@@ -281,7 +284,13 @@ class GroupCommit:
                         done.append((current, True, value))
                     await conn.exec_driver_sql("RELEASE job")
                     current = None
-                await conn.commit()
+                try:
+                    await conn.commit()
+                except Exception:
+                    # SQLite keeps a transaction whose COMMIT failed (a deferred constraint)
+                    # open: end it here, or the pooled connection's next user would commit it.
+                    await conn.rollback()
+                    raise
         except BaseException as exc:
             # BEGIN, a savepoint or COMMIT failed: nothing of this batch is stored.
             failed = exc if isinstance(exc, Exception) else RuntimeError("write batch cancelled")
