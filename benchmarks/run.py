@@ -26,7 +26,7 @@ COMMAND = "make bench"
 # its load in count and time, prints a report that compares with its same-run baseline, and writes
 # its rows as JSON with --json.
 HARNESSES: list[tuple[str, str, list[str]]] = [
-    ("HTTP API on loopback (embedded SQLite)", "benchmarks.api_load", []),
+    ("HTTP API on loopback: writes against a minimal insert endpoint", "benchmarks.api_load", []),
     ("Idempotency layer: latency added to a POST", "benchmarks.idempotency_load", []),
     ("Realtime stream on loopback", "benchmarks.ws_load", []),
     ("The seed's SLO table under load", "benchmarks.slo_load", []),
