@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select, update
+from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
@@ -41,7 +41,7 @@ from .events import Event, Publisher, fact, state
 from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
-from .storage import expenses, properties, property_totals, revenues, utcnow
+from .storage import expenses, property_totals, revenues, utcnow
 from .validation import read_json, read_query
 
 MAX_ID = 2**63 - 1
@@ -322,41 +322,24 @@ class Ledger:
     ) -> tuple[int, list[dict[str, Any]]]:
         """One statement checks, inserts and moves the totals; a claim adds its own upsert."""
         args = self._args(org_id, record)
-        pid = record["propertyId"]
         if claim is None:
-            # asyncpg itself, bypassing SQLAlchemy's execution layer: the statement is prepared
-            # once per connection, and BEGIN/COMMIT are its only other round trips.
+            # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
+            # property's row is locked only while PostgreSQL runs it. asyncpg itself runs it,
+            # prepared once per connection, bypassing SQLAlchemy's execution layer.
             async with engine.connect() as conn:
                 db = await storage.driver_connection(conn)
-                async with db.transaction():
-                    row = await db.fetchrow(self._pg_write, *args)
-                    if row is None:
-                        raise NotFound("Property not found.")
-                    state = row
-                    if row["seen"] + 1 != row["version"]:
-                        # Another write to this property committed while this one waited for
-                        # the row: the statement's snapshot predates it. Holding the row now,
-                        # a fresh read gives exactly this version's totals.
-                        state = await db.fetchrow(_PG_STATE, pid)
-            record["id"] = row["id"]
-            return row["version"], _totals(state)
-        async with engine.begin() as conn:
-            row = (await conn.exec_driver_sql(self._pg_write, args)).mappings().first()
-            if row is None:
-                raise NotFound("Property not found.")
-            record["id"] = row["id"]
-            state = row
-            if row["seen"] + 1 != row["version"]:
-                # In the transaction this write holds the property's row: the totals read now
-                # are exactly those of its version.
-                state = (
-                    (await conn.exec_driver_sql(_PG_STATE, (record["propertyId"],)))
-                    .mappings()
-                    .one()
-                )
-            # The key's record commits with the entry: a retry can never write it twice.
-            await claim.complete(conn, OrjsonResponse(record, status_code=201))
-            return row["version"], _totals(state)
+                row = await db.fetchrow(self._pg_write, *args)
+        else:
+            async with engine.begin() as conn:
+                row = (await conn.exec_driver_sql(self._pg_write, args)).mappings().first()
+                if row is not None:
+                    record["id"] = row["id"]
+                    # The key's record commits with the entry: a retry can never write it twice.
+                    await claim.complete(conn, OrjsonResponse(record, status_code=201))
+        if row is None:  # nothing was written: not a property of this org
+            raise NotFound("Property not found.")
+        record["id"] = row["id"]
+        return row["version"], _totals(row["totals"])
 
     async def _store_sqlite(
         self,
@@ -367,16 +350,26 @@ class Ledger:
     ) -> tuple[int, list[dict[str, Any]]]:
         """The write as one job of a group commit (SQLite has no data-modifying CTEs)."""
         pid = record["propertyId"]
-        version = (
-            await conn.execute(_BUMP_VERSION, {"property_id": pid, "in_org": org_id})
-        ).scalar_one_or_none()
-        if version is None:  # nothing was written: not a property of this org
+        amount = record["amountCents"]
+        expense, revenue = (amount, 0) if self.kind == "expense" else (0, amount)
+        path = f'$."{record["currency"]}"'  # an ISO 4217 code: three capital letters
+        bumped = (
+            (
+                await conn.exec_driver_sql(
+                    _SQLITE_BUMP, (path, path, expense, path, revenue, pid, org_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if bumped is None:  # nothing was written: not a property of this org
             raise NotFound("Property not found.")
+        version, totals = int(bumped["totals_version"]), _totals(bumped["totals"])
         values = {
             "org_id": org_id,
             "property_id": pid,
             "category": record["category"],
-            "amount_cents": record["amountCents"],
+            "amount_cents": amount,
             "currency": record["currency"],
             "description": record["description"],
             self.date.name: record[self.date_field],
@@ -385,18 +378,15 @@ class Ledger:
             "created_by": record["createdBy"],
         }
         record["id"] = (await conn.execute(self._insert, values)).scalar_one()
-        amount = record["amountCents"]
         await conn.execute(
             _UPSERT_TOTALS["sqlite"],
             {
                 "property_id": pid,
                 "currency": record["currency"],
-                "expenses_cents": amount if self.kind == "expense" else 0,
-                "revenues_cents": amount if self.kind == "revenue" else 0,
+                "expenses_cents": expense,
+                "revenues_cents": revenue,
             },
         )
-        rows = await conn.execute(_SELECT_TOTALS, {"property_id": pid})
-        totals = [{"currency": r[0], "expensesCents": r[1], "revenuesCents": r[2]} for r in rows]
         if claim is not None:
             await claim.complete(conn, OrjsonResponse(record, status_code=201))
         return int(version), totals
@@ -486,81 +476,57 @@ def _upsert_totals(dialect: str) -> Any:
 
 # Built once: constructing an ON CONFLICT statement costs more than executing it on SQLite.
 _UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
-_BUMP_VERSION = (
-    update(properties)
-    .where(properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("in_org"))
-    .values(totals_version=properties.c.totals_version + 1)
-    .returning(properties.c.totals_version)
-)
-_SELECT_TOTALS = (
-    select(
-        property_totals.c.currency,
-        property_totals.c.expenses_cents,
-        property_totals.c.revenues_cents,
-    )
-    .where(property_totals.c.property_id == bindparam("property_id"))
-    .order_by(property_totals.c.currency)
-)
+# The version bump also moves the row's totals snapshot and returns both (SQLite's JSON1).
+_SQLITE_BUMP = """
+UPDATE properties SET totals_version = totals_version + 1,
+    totals = json_set(totals, ?, json_array(
+        coalesce(json_extract(totals, ? || '[0]'), 0) + ?,
+        coalesce(json_extract(totals, ? || '[1]'), 0) + ?))
+WHERE id = ? AND org_id = ?
+RETURNING totals_version, totals
+"""
 
 
 def _postgres_write(table: str, date_column: str) -> str:
     """The whole write on PostgreSQL, one statement: $1 property, $2 org, $11/$12 the amounts.
 
-    `bump` locks the property's row (and checks it is the org's: no row, nothing written), so
-    writers to one property take turns; `seen` is the version in the statement's snapshot,
-    which says whether the other currencies' totals read from that snapshot are current.
+    `bump` locks the property's row, checks it is the org's (no row: nothing is written) and
+    moves its version and totals snapshot. A writer that waited for another one's lock is
+    re-evaluated on the row that one committed, so the totals it returns are exactly its own
+    version's; writers to one property take turns for as long as PostgreSQL runs the statement.
     """
     return f"""
 WITH bump AS (
-    UPDATE properties SET totals_version = totals_version + 1
+    UPDATE properties SET totals_version = totals_version + 1,
+        totals = jsonb_set(totals, ARRAY[$5::text], jsonb_build_array(
+            COALESCE((totals -> $5::text ->> 0)::bigint, 0) + $11::bigint,
+            COALESCE((totals -> $5::text ->> 1)::bigint, 0) + $12::bigint))
     WHERE id = $1::bigint AND org_id = $2::bigint
-    RETURNING id, totals_version
-), seen AS (
-    SELECT totals_version FROM properties WHERE id = $1::bigint
+    RETURNING id, totals_version, totals
 ), entry AS (
     INSERT INTO {table} (org_id, property_id, category, amount_cents, currency, description,
                          {date_column}, payment_mode, created_at, created_by)
-    SELECT $2::bigint, id, $3::varchar, $4::bigint, $5::varchar, $6::text, $7::timestamptz,
-           $8::varchar, $9::timestamptz, $10::bigint
+    SELECT $2::bigint, id, $3::text, $4::bigint, $5::text, $6::text, $7::timestamptz,
+           $8::text, $9::timestamptz, $10::bigint
     FROM bump
     RETURNING id
 ), moved AS (
     INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
-    SELECT id, $5::varchar, $11::bigint, $12::bigint FROM bump
+    SELECT id, $5::text, $11::bigint, $12::bigint FROM bump
     ON CONFLICT (property_id, currency) DO UPDATE
     SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
         revenues_cents = t.revenues_cents + excluded.revenues_cents
-    RETURNING currency, expenses_cents, revenues_cents
-), totals AS (
-    SELECT currency, expenses_cents, revenues_cents FROM moved
-    UNION ALL
-    SELECT currency, expenses_cents, revenues_cents FROM property_totals
-    WHERE property_id = $1::bigint AND currency <> $5::varchar
 )
-SELECT entry.id, bump.totals_version AS version, (SELECT totals_version FROM seen) AS seen,
-       (SELECT array_agg(currency ORDER BY currency) FROM totals) AS currencies,
-       (SELECT array_agg(expenses_cents ORDER BY currency) FROM totals) AS expenses,
-       (SELECT array_agg(revenues_cents ORDER BY currency) FROM totals) AS revenues
-FROM entry, bump
+SELECT entry.id, bump.totals_version AS version, bump.totals::text AS totals FROM entry, bump
 """
 
 
-# A property's totals and their version, in one snapshot.
-_PG_STATE = """
-SELECT p.totals_version AS version,
-       array_agg(t.currency ORDER BY t.currency) AS currencies,
-       array_agg(t.expenses_cents ORDER BY t.currency) AS expenses,
-       array_agg(t.revenues_cents ORDER BY t.currency) AS revenues
-FROM properties p JOIN property_totals t ON t.property_id = p.id
-WHERE p.id = $1::bigint
-GROUP BY p.totals_version
-"""
-
-
-def _totals(row: Any) -> list[dict[str, Any]]:
+def _totals(snapshot: str | dict[str, list[int]]) -> list[dict[str, Any]]:
+    """A property's totals snapshot, {"INR": [expenses, revenues]}, as the event lists them."""
+    by_currency = orjson.loads(snapshot) if isinstance(snapshot, str) else snapshot
     return [
         {"currency": c, "expensesCents": e, "revenuesCents": r}
-        for c, e, r in zip(row["currencies"], row["expenses"], row["revenues"], strict=True)
+        for c, (e, r) in sorted(by_currency.items())
     ]
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     event,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -60,6 +62,8 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 # Integer keys everywhere; SQLite only auto-increments a column typed exactly INTEGER.
 Id = BigInteger().with_variant(Integer(), "sqlite")
+
+TotalsSnapshot = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 metadata = MetaData(
     naming_convention={
@@ -97,6 +101,9 @@ properties = Table(
     Column("created_at", UTCDateTime(), nullable=False),
     # Bumped with the running totals: orders their snapshots however late they are published.
     Column("totals_version", BigInteger(), nullable=False, server_default="0"),
+    # The same running totals as property_totals, {"INR": [expenses, revenues], ...}, moved by
+    # the UPDATE that bumps the version: the write's one statement returns them from its row.
+    Column("totals", TotalsSnapshot, nullable=False, server_default="{}"),
     UniqueConstraint("org_id", "name"),
 )
 

@@ -161,6 +161,10 @@ def test_a_failing_write_among_concurrent_ones_fails_alone(database_url: str) ->
                     (await conn.execute(select(storage.expenses.c.property_id))).scalars().all()
                 )
                 totals = (await conn.execute(select(storage.property_totals))).all()
+                snapshot = await conn.scalar(
+                    select(storage.properties.c.totals).where(storage.properties.c.id == prop)
+                )
+            assert snapshot == {"INR": [77, 0], "USD": [0, 3]}  # the row's copy agrees
             return outcomes, [stored, totals, prop]
         finally:
             await engine.dispose()

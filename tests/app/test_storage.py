@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
@@ -184,3 +186,68 @@ async def test_a_connection_the_server_closed_is_replaced_at_checkout(pg_databas
     finally:
         await engine.dispose()
         await admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def fresh_database_url(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
+    """An empty database, not even migrated (the session's PostgreSQL one is at head)."""
+    if request.param == "sqlite":
+        yield sqlite_url
+        return
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    admin_url = make_url(request.getfixturevalue("postgres_url"))
+    name = f"streamcore_fresh_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        engine = create_async_engine(admin_url, isolation_level="AUTOCOMMIT")
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(sql)
+        await engine.dispose()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        asyncio.run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def test_migration_0004_copies_the_running_totals_onto_their_property(
+    fresh_database_url: str,
+) -> None:
+    """A database written before 0004 gets each property's snapshot from property_totals."""
+    from alembic import command
+    from alembic.config import Config
+
+    def upgrade_to(revision: str) -> Any:
+        def run(connection: Any) -> None:
+            config = Config()
+            config.set_main_option("script_location", "app:migrations")
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+
+        return run
+
+    async def run() -> list[Any]:
+        engine = storage.create_engine(fresh_database_url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade_to("0003"))
+                for sql in (
+                    "INSERT INTO orgs (id, name, created_at) VALUES (1, 'Old', '2025-01-01')",
+                    "INSERT INTO properties (id, org_id, name, created_at, totals_version) "
+                    "VALUES (1, 1, 'P1', '2025-01-01', 2), (2, 1, 'P2', '2025-01-01', 0)",
+                    "INSERT INTO property_totals VALUES (1, 'INR', 500, 20), (1, 'USD', 0, 7)",
+                ):
+                    await conn.exec_driver_sql(sql)
+            async with engine.begin() as conn:
+                await conn.run_sync(upgrade_to("head"))
+            p = storage.properties
+            async with engine.connect() as conn:
+                return list((await conn.execute(select(p.c.id, p.c.totals).order_by(p.c.id))).all())
+        finally:
+            await engine.dispose()
+
+    rows = asyncio.run(run())
+    assert [tuple(r) for r in rows] == [(1, {"INR": [500, 20], "USD": [0, 7]}), (2, {})]
