@@ -656,6 +656,21 @@ def verdicts(results: list[Result]) -> list[str]:
         " ms",
         True,
     )
+    for backend in ("postgres", "sqlite"):
+        for c in (16, 32):
+            hot = _find(results, backend, "app POST expense, one property", c)
+            spread = _find(results, backend, "app POST expense, 64", c)
+            if hot and spread:
+                lines.append(
+                    f"{backend} contention at {c}: one property {hot.rps:.0f} req/s, "
+                    f"64 properties {spread.rps:.0f} req/s ({hot.rps / spread.rps:.2f}x); "
+                    f"CPU/req {hot.cpu_ms:.3f} vs {spread.cpu_ms:.3f} ms"
+                    + (
+                        f", db {hot.db_cpu_ms:.3f} vs {spread.db_cpu_ms:.3f} ms"
+                        if hot.db_cpu_ms is not None and spread.db_cpu_ms is not None
+                        else ""
+                    )
+                )
     one = _find(results, "postgres", "app POST, 64 properties, WORKERS=1", 32)
     two = _find(results, "postgres", "app POST, 64 properties, WORKERS=2", 32)
     if one and two:
