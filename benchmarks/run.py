@@ -28,7 +28,7 @@ COMMAND = "make bench"
 # prints a report that compares with its same-run baseline, and writes its rows as JSON (--json).
 WS_SERVERS = "streamcore,encode_once,floor,floor_bare"
 HARNESSES: list[tuple[str, str, list[str]]] = [
-    ("HTTP API on loopback (embedded SQLite)", "benchmarks.api_load", []),
+    ("HTTP API on loopback: writes against a minimal insert endpoint", "benchmarks.api_load", []),
     ("Idempotency layer: latency added to a POST", "benchmarks.idempotency_load", []),
     (
         "Realtime stream on loopback: 50 ms windows, against encode-once and the floor",

@@ -26,7 +26,7 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select, update
+from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
@@ -41,7 +41,7 @@ from .events import Event, Publisher, fact, state
 from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
-from .storage import expenses, properties, property_totals, revenues, utcnow
+from .storage import expenses, property_totals, revenues, utcnow
 from .validation import INSTANT_PATTERN, iso_instant, read_json, read_query, whole_number
 
 MAX_ID = 2**63 - 1
@@ -248,7 +248,8 @@ class Ledger:
         self.kind = kind  # "expense" | "revenue"
         self.date_field = date_field  # camelCase, as the API names it
         self.date = table.c[f"{kind}_date"]
-        self._insert = insert(table).returning(table)
+        self._insert = insert(table).returning(table.c.id)
+        self._pg_write = _postgres_write(table.name, self.date.name)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -273,32 +274,123 @@ class Ledger:
         claim: idempotency.Claim | None = None,
     ) -> tuple[dict[str, Any], Write]:
         """Store an entry, bump the property's running totals, publish after commit."""
-        values = {
-            "org_id": who.org_id,
-            "property_id": body.property_id,
+        date = getattr(body, self.date.name)
+        record = {
+            "id": 0,  # the database's, filled in below
+            "propertyId": body.property_id,
             "category": body.category,
-            "amount_cents": body.amount_cents,
+            "amountCents": body.amount_cents,
             "currency": body.currency,
             "description": body.description,
-            self.date.name: getattr(body, self.date.name),
-            "payment_mode": body.payment_mode,
-            "created_at": utcnow(),
-            "created_by": who.user_id,
+            self.date_field: date,
+            "paymentMode": body.payment_mode,
+            "createdAt": utcnow(),
+            "createdBy": who.user_id,
         }
-        async with storage.write_transaction(engine) as conn:
-            if not await accounts.property_in_org(conn, body.property_id, who.org_id):
-                raise NotFound("Property not found.")
-            row = (await conn.execute(self._insert, values)).one()
-            version, totals = await _bump_totals(
-                conn, self.kind, body.property_id, body.currency, body.amount_cents
+        if engine.dialect.name == "postgresql":
+            version, totals = await self._store_postgres(engine, who.org_id, record, claim)
+        else:
+            version, totals = await storage.group_commit(engine).run(
+                lambda conn: self._store_sqlite(conn, who.org_id, record, claim)
             )
-            record = self.record(row)
-            if claim is not None:
-                # The key's record commits with the entry: a retry can never write it twice.
-                await claim.complete(conn, OrjsonResponse(record, status_code=201))
         bus.publish_many(self.events(who.org_id, record, version, totals))
-        date = values[self.date.name]
         return record, Write(version, self.kind, body.currency, body.amount_cents, date)
+
+    def _args(self, org_id: int, r: dict[str, Any]) -> tuple[Any, ...]:
+        expense = r["amountCents"] if self.kind == "expense" else 0
+        revenue = r["amountCents"] if self.kind == "revenue" else 0
+        return (
+            r["propertyId"],
+            org_id,
+            r["category"],
+            r["amountCents"],
+            r["currency"],
+            r["description"],
+            r[self.date_field],
+            r["paymentMode"],
+            r["createdAt"],
+            r["createdBy"],
+            expense,
+            revenue,
+        )
+
+    async def _store_postgres(
+        self,
+        engine: AsyncEngine,
+        org_id: int,
+        record: dict[str, Any],
+        claim: idempotency.Claim | None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """One statement checks, inserts and moves the totals; a claim adds its own upsert."""
+        args = self._args(org_id, record)
+        if claim is None:
+            # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
+            # property's row is locked only while PostgreSQL runs it. asyncpg itself runs it,
+            # prepared once per connection, bypassing SQLAlchemy's execution layer.
+            async with engine.connect() as conn:
+                db = await storage.driver_connection(conn)
+                row = await db.fetchrow(self._pg_write, *args)
+        else:
+            async with engine.begin() as conn:
+                row = (await conn.exec_driver_sql(self._pg_write, args)).mappings().first()
+                if row is not None:
+                    record["id"] = row["id"]
+                    # The key's record commits with the entry: a retry can never write it twice.
+                    await claim.complete(conn, OrjsonResponse(record, status_code=201))
+        if row is None:  # nothing was written: not a property of this org
+            raise NotFound("Property not found.")
+        record["id"] = row["id"]
+        return row["version"], _totals(row["totals"])
+
+    async def _store_sqlite(
+        self,
+        conn: AsyncConnection,
+        org_id: int,
+        record: dict[str, Any],
+        claim: idempotency.Claim | None,
+    ) -> tuple[int, list[dict[str, Any]]]:
+        """The write as one job of a group commit (SQLite has no data-modifying CTEs)."""
+        pid = record["propertyId"]
+        amount = record["amountCents"]
+        expense, revenue = (amount, 0) if self.kind == "expense" else (0, amount)
+        path = f'$."{record["currency"]}"'  # an ISO 4217 code: three capital letters
+        bumped = (
+            (
+                await conn.exec_driver_sql(
+                    _SQLITE_BUMP, (path, path, expense, path, revenue, pid, org_id)
+                )
+            )
+            .mappings()
+            .first()
+        )
+        if bumped is None:  # nothing was written: not a property of this org
+            raise NotFound("Property not found.")
+        version, totals = int(bumped["totals_version"]), _totals(bumped["totals"])
+        values = {
+            "org_id": org_id,
+            "property_id": pid,
+            "category": record["category"],
+            "amount_cents": amount,
+            "currency": record["currency"],
+            "description": record["description"],
+            self.date.name: record[self.date_field],
+            "payment_mode": record["paymentMode"],
+            "created_at": record["createdAt"],
+            "created_by": record["createdBy"],
+        }
+        record["id"] = (await conn.execute(self._insert, values)).scalar_one()
+        await conn.execute(
+            _UPSERT_TOTALS["sqlite"],
+            {
+                "property_id": pid,
+                "currency": record["currency"],
+                "expenses_cents": expense,
+                "revenues_cents": revenue,
+            },
+        )
+        if claim is not None:
+            await claim.complete(conn, OrjsonResponse(record, status_code=201))
+        return int(version), totals
 
     def events(
         self, org_id: int, record: dict[str, Any], version: int, totals: list[dict[str, Any]]
@@ -366,10 +458,6 @@ class Ledger:
         )
 
 
-EXPENSES = Ledger(expenses, "expense", "expenseDate")
-REVENUES = Ledger(revenues, "revenue", "revenueDate")
-
-
 def _upsert_totals(dialect: str) -> Any:
     pt = property_totals
     stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(pt).values(
@@ -389,50 +477,62 @@ def _upsert_totals(dialect: str) -> Any:
 
 # Built once: constructing an ON CONFLICT statement costs more than executing it on SQLite.
 _UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
-_BUMP_VERSION = (
-    update(properties)
-    .where(properties.c.id == bindparam("property_id"))
-    .values(totals_version=properties.c.totals_version + 1)
-    .returning(properties.c.totals_version)
-)
-_SELECT_TOTALS = (
-    select(
-        property_totals.c.currency,
-        property_totals.c.expenses_cents,
-        property_totals.c.revenues_cents,
-    )
-    .where(property_totals.c.property_id == bindparam("property_id"))
-    .order_by(property_totals.c.currency)
-)
+# The version bump also moves the row's totals snapshot and returns both (SQLite's JSON1).
+_SQLITE_BUMP = """
+UPDATE properties SET totals_version = totals_version + 1,
+    totals = json_set(totals, ?, json_array(
+        coalesce(json_extract(totals, ? || '[0]'), 0) + ?,
+        coalesce(json_extract(totals, ? || '[1]'), 0) + ?))
+WHERE id = ? AND org_id = ?
+RETURNING totals_version, totals
+"""
 
 
-async def _bump_totals(
-    conn: AsyncConnection, kind: str, property_id: int, currency: str, amount: int
-) -> tuple[int, list[dict[str, Any]]]:
-    """Add to the property's running total in this transaction; return its version and totals.
+def _postgres_write(table: str, date_column: str) -> str:
+    """The whole write on PostgreSQL, one statement: $1 property, $2 org, $11/$12 the amounts.
 
-    The version row is locked first, so concurrent writers to one property take turns: each
-    reads the totals the previous one committed, and versions order the snapshots.
+    `bump` locks the property's row, checks it is the org's (no row: nothing is written) and
+    moves its version and totals snapshot. A writer that waited for another one's lock is
+    re-evaluated on the row that one committed, so the totals it returns are exactly its own
+    version's; writers to one property take turns for as long as PostgreSQL runs the statement.
     """
-    version = (await conn.execute(_BUMP_VERSION, {"property_id": property_id})).scalar_one()
-    await conn.execute(
-        _UPSERT_TOTALS[conn.dialect.name],
-        {
-            "property_id": property_id,
-            "currency": currency,
-            "expenses_cents": amount if kind == "expense" else 0,
-            "revenues_cents": amount if kind == "revenue" else 0,
-        },
-    )
-    rows = await conn.execute(_SELECT_TOTALS, {"property_id": property_id})
-    return int(version), [
-        {
-            "currency": r.currency,
-            "expensesCents": r.expenses_cents,
-            "revenuesCents": r.revenues_cents,
-        }
-        for r in rows
+    return f"""
+WITH bump AS (
+    UPDATE properties SET totals_version = totals_version + 1,
+        totals = jsonb_set(totals, ARRAY[$5::text], jsonb_build_array(
+            COALESCE((totals -> $5::text ->> 0)::bigint, 0) + $11::bigint,
+            COALESCE((totals -> $5::text ->> 1)::bigint, 0) + $12::bigint))
+    WHERE id = $1::bigint AND org_id = $2::bigint
+    RETURNING id, totals_version, totals
+), entry AS (
+    INSERT INTO {table} (org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT $2::bigint, id, $3::text, $4::bigint, $5::text, $6::text, $7::timestamptz,
+           $8::text, $9::timestamptz, $10::bigint
+    FROM bump
+    RETURNING id
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT id, $5::text, $11::bigint, $12::bigint FROM bump
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+)
+SELECT entry.id, bump.totals_version AS version, bump.totals::text AS totals FROM entry, bump
+"""
+
+
+def _totals(snapshot: str | dict[str, list[int]]) -> list[dict[str, Any]]:
+    """A property's totals snapshot, {"INR": [expenses, revenues]}, as the event lists them."""
+    by_currency = orjson.loads(snapshot) if isinstance(snapshot, str) else snapshot
+    return [
+        {"currency": c, "expensesCents": e, "revenuesCents": r}
+        for c, (e, r) in sorted(by_currency.items())
     ]
+
+
+EXPENSES = Ledger(expenses, "expense", "expenseDate")
+REVENUES = Ledger(revenues, "revenue", "revenueDate")
 
 
 def encode_cursor(date: dt.datetime, id_: int) -> str:

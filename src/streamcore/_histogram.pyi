@@ -1,11 +1,11 @@
 """Log-bucketed latency histogram (seconds), relative error <= 1/128 in [lowest, highest]."""
 
 from collections.abc import Iterable, Sequence
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, Self
 
 import numpy as np
 import numpy.typing as npt
-from typing_extensions import Self, disjoint_base
+from typing_extensions import disjoint_base
 
 MAGIC: Final[bytes]
 VERSION: Final[int]

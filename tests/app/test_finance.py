@@ -117,6 +117,76 @@ def test_concurrent_writes_take_turns_and_their_versions_order_the_snapshots(
         assert data["totals"][0]["expensesCents"] == 7 * data["version"]
 
 
+def test_a_failing_write_among_concurrent_ones_fails_alone(database_url: str) -> None:
+    """A write to another org's property answers 404 and leaves the writes beside it whole."""
+    from sqlalchemy import select
+
+    from app import accounts, storage
+    from app.auth import Principal
+    from app.errors import NotFound
+    from app.finance import EXPENSES, REVENUES, ExpenseIn, RevenueIn
+
+    published: list[Event] = []
+
+    class Bus:
+        def publish(self, event: Event) -> None:
+            published.append(event)
+
+        def publish_many(self, events: Any) -> None:
+            published.extend(events)
+
+    async def run() -> tuple[list[Any], list[Any]]:
+        engine = storage.create_engine(database_url)
+        try:
+            await storage.migrate(engine)
+            async with engine.begin() as conn:
+                org = await accounts.create_org(conn, "Acme")
+                other = await accounts.create_org(conn, "Other")
+                user = await accounts.create_user(conn, org, "a@example.com", "pw-long-enough")
+                prop = await accounts.create_property(conn, org, "Main")
+                foreign = await accounts.create_property(conn, other, "Theirs")
+            who = Principal(user, org, "a@example.com")
+            mine = {**SEED_EXPENSE, "propertyId": prop, "amountCents": 7}
+            bodies = [dict(mine) for _ in range(12)]
+            bodies[5] = {**mine, "propertyId": foreign}
+            writes = [
+                EXPENSES.create(engine, Bus(), who, ExpenseIn.model_validate(b)) for b in bodies
+            ]
+            revenue = {k: v for k, v in mine.items() if k != "expenseDate"}
+            revenue |= {"currency": "USD", "revenueDate": mine["expenseDate"], "amountCents": 3}
+            writes.append(REVENUES.create(engine, Bus(), who, RevenueIn.model_validate(revenue)))
+            outcomes = await asyncio.gather(*writes, return_exceptions=True)
+            async with engine.connect() as conn:
+                stored = (
+                    (await conn.execute(select(storage.expenses.c.property_id))).scalars().all()
+                )
+                totals = (await conn.execute(select(storage.property_totals))).all()
+                snapshot = await conn.scalar(
+                    select(storage.properties.c.totals).where(storage.properties.c.id == prop)
+                )
+            assert snapshot == {"INR": [77, 0], "USD": [0, 3]}  # the row's copy agrees
+            return outcomes, [stored, totals, prop]
+        finally:
+            await engine.dispose()
+
+    outcomes, (stored, totals, prop) = asyncio.run(run())
+    assert isinstance(outcomes[5], NotFound)
+    ok = [o for i, o in enumerate(outcomes) if i != 5]
+    assert all(isinstance(o, tuple) for o in ok), ok
+    assert sorted(o[1].version for o in ok) == list(range(1, 13))
+    assert stored == [prop] * 11
+    assert sorted((t.currency, t.expenses_cents, t.revenues_cents) for t in totals) == [
+        ("INR", 77, 0),
+        ("USD", 0, 3),
+    ]
+    states = [orjson.loads(e.payload)["data"] for e in published if e.conflatable]
+    last = max(states, key=lambda d: d["version"])
+    assert last["totals"] == [
+        {"currency": "INR", "expensesCents": 77, "revenuesCents": 0},
+        {"currency": "USD", "expensesCents": 0, "revenuesCents": 3},
+    ]
+
+
 def test_create_revenue(api: Api) -> None:
     a = api.tenant("Acme")
     response = post(api, "revenues", a, revenue(a, paymentMode="upi"))
