@@ -592,6 +592,7 @@ operations = [
         responses={201: Expense},
         errors=_WRITE_ERRORS,
         idempotent=True,
+        consistency="write",
     ),
     Operation(
         "GET",
@@ -602,6 +603,7 @@ operations = [
         query=ListQuery,
         responses={200: ExpensePage},
         errors=_READ_ERRORS,
+        consistency="read",
     ),
     Operation(
         "POST",
@@ -613,6 +615,7 @@ operations = [
         responses={201: Revenue},
         errors=_WRITE_ERRORS,
         idempotent=True,
+        consistency="write",
     ),
     Operation(
         "GET",
@@ -623,6 +626,7 @@ operations = [
         query=ListQuery,
         responses={200: RevenuePage},
         errors=_READ_ERRORS,
+        consistency="read",
     ),
     Operation(
         "GET",
@@ -633,5 +637,6 @@ operations = [
         query=SummaryQuery,
         responses={200: Summary},
         errors=(401, 404, 422),  # no cursor, so no 400
+        consistency="read",
     ),
 ]

@@ -143,7 +143,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
         Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
         # Outside idempotency: a replayed write's response gets a token like the original's.
-        Middleware(ReadYourWritesMiddleware),
+        Middleware(
+            ReadYourWritesMiddleware,
+            routes=[op.route() for op in operations if op.consistency == "write"],
+        ),
         # Innermost: the body is already bounded, and it sees exactly what the handler sends.
         Middleware(
             IdempotencyMiddleware,

@@ -9,6 +9,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -16,7 +17,9 @@ from app_support import Api, Tenant, expense
 
 from app import accounts, storage
 from app.auth import Principal
+from app.main import create_app
 from app.replicas import TOKEN_HEADER
+from app.settings import Settings
 from pg_cluster import PostgresCluster, free_port, pg_bin
 
 AGG = "/v1/system/metrics/aggregated"
@@ -314,3 +317,21 @@ def test_without_replicas_nothing_changes(api_factory: Any, sqlite_url: str) -> 
     assert amounts(api, t, "0/0") == [expense(t)["amountCents"]]
     assert "streamcore_db_routed_reads" not in api.client.get(PROM).text
     assert "routed_reads" not in database(api)
+
+
+def test_the_openapi_document_names_the_token_only_with_replicas(tmp_path: Path) -> None:
+    pg = "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
+    with_replicas = Settings(database_url=pg, database_replica_urls=(pg,), data_dir=str(tmp_path))
+    for settings, present in ((with_replicas, True), (Settings(data_dir=str(tmp_path)), False)):
+        paths = create_app(settings).state.openapi["paths"]
+        for path in (LIST, "/v1/finance/summary"):
+            get = paths[path]["get"]
+            names = [p["name"] for p in get.get("parameters", [])]
+            assert (TOKEN_HEADER in names) is present
+            assert (
+                "invalid_consistency_token"
+                in get["responses"].get("400", {}).get("description", "")
+            ) is present
+        created = paths[LIST]["post"]["responses"]["201"]
+        assert (TOKEN_HEADER in created.get("headers", {})) is present
+        assert TOKEN_HEADER not in str(paths["/v2/realtime/publish"])

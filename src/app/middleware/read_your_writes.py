@@ -3,13 +3,16 @@
 Pure ASGI, just outside the idempotency middleware, so replayed responses carry a token too.
 The response has not started when the handler's transaction has committed, so the primary's
 WAL position read then is at or past the write's commit. The router keeps it per user as well
-(app/replicas.py). Without replicas (or without a valid bearer token) requests pass untouched.
+(app/replicas.py). Only the operations marked consistency="write" get one; without replicas (or
+without a valid bearer token) requests pass untouched.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..replicas import TOKEN_HEADER, ReplicaRouter
@@ -20,8 +23,12 @@ _HEADER = TOKEN_HEADER.lower().encode()
 
 
 class ReadYourWritesMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, routes: Iterable[Route]) -> None:
         self.app = app
+        self.routes = list(routes)  # the operations that write the database
+
+    def _writes(self, scope: Scope) -> bool:
+        return any(route.matches(scope)[0] is Match.FULL for route in self.routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -29,7 +36,8 @@ class ReadYourWritesMiddleware:
             return
         state = scope["app"].state
         router: ReplicaRouter | None = getattr(state, "replicas", None)
-        who = _principal(scope, state.tokens) if router is not None else None
+        writes = router is not None and self._writes(scope)
+        who = _principal(scope, state.tokens) if writes else None
         if router is None or who is None:
             await self.app(scope, receive, send)
             return
