@@ -42,11 +42,15 @@ PROBE_INTERVAL_S = 1.0
 PROBE_TIMEOUT_S = 1.0
 REDIS_BUDGET_S = 0.1  # per floor command; past it the read goes to the primary
 REDIS_PAUSE_S = 5.0
-FALLBACK_REASONS = ("behind", "lag", "down", "floor_unknown")
+FALLBACK_REASONS = ("behind", "lag", "down", "floor_unknown", "not_found")
 LOCAL_FLOORS_MAX = 100_000
 
 # LSNs as integers (bytes since the start of WAL), so they compare and subtract in Python.
+# After a commit, the WAL written so far holds its commit record when commits wait for their
+# flush (synchronous_commit on, the default); when they do not, only the insert position does.
 PRIMARY_LSN_SQL = text("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::bigint")
+PRIMARY_INSERT_LSN_SQL = text("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')::bigint")
+SYNCHRONOUS_COMMIT_SQL = text("SELECT current_setting('synchronous_commit')")
 REPLAY_LSN_SQL = text("SELECT pg_wal_lsn_diff(pg_last_wal_replay_lsn(), '0/0')::bigint")
 STANDBY_SQL = text(
     "SELECT pg_is_in_recovery() AS standby, "
@@ -214,6 +218,7 @@ class ReplicaRouter:
         self.reads_replica = 0
         self.reads_primary = 0
         self.fallbacks = dict.fromkeys(FALLBACK_REASONS, 0)
+        self._lsn_sql = PRIMARY_LSN_SQL
 
     def counters(self) -> dict[str, int]:
         out = {"db_reads_replica": self.reads_replica, "db_reads_primary": self.reads_primary}
@@ -225,7 +230,13 @@ class ReplicaRouter:
 
     async def primary_lsn(self) -> int:
         async with self.primary.connect() as conn:
-            return int(await conn.scalar(PRIMARY_LSN_SQL))
+            return int(await conn.scalar(self._lsn_sql))
+
+    async def check_primary(self) -> None:
+        """Pick the position a write's token names from how the primary commits."""
+        async with self.primary.connect() as conn:
+            if await conn.scalar(SYNCHRONOUS_COMMIT_SQL) == "off":
+                self._lsn_sql = PRIMARY_INSERT_LSN_SQL
 
     async def after_write(self, user_id: int) -> str:
         """The token of a committed write: the primary's WAL position now, kept for the user."""
@@ -257,14 +268,14 @@ class ReplicaRouter:
                     if floor is not None and replica.replay_lsn < floor:
                         # Asked on the connection that will serve the read: replay only moves on.
                         replay = int(await conn.scalar(REPLAY_LSN_SQL) or 0)
-                        replica.replay_lsn = max(replica.replay_lsn, replay)
+                        replica.replay_lsn = replay
                         if replay < floor:
                             behind = True
                             continue
                     result = await fn(conn)
             except NotFound:
                 # Absent on a standby may be not replayed yet: only the primary says 404.
-                break
+                return await self._on_primary(fn, "not_found")
             except ApiError:
                 raise
             except Exception as exc:
@@ -309,7 +320,8 @@ class ReplicaRouter:
             self._mark_down(replica, "not in recovery: a primary, not a standby")
             replica.lag_s = replica.lag_bytes = None
             return
-        replica.replay_lsn = max(replica.replay_lsn, int(row.replay or 0))
+        # Not the larger of old and new: a restarted standby may resume from an earlier point.
+        replica.replay_lsn = int(row.replay or 0)
         replica.lag_bytes = None if primary_lsn is None else max(0, primary_lsn - row.replay)
         replica.reason = None
         if replica.lag_bytes == 0:
@@ -361,6 +373,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> ReplicaR
         settings.read_your_writes_ttl_s,
     )
     router = ReplicaRouter(app.state.db, replicas, settings.database_replica_max_lag_s, floors)
+    await router.check_primary()
     await router.probe()
     task = asyncio.create_task(router.run(), name="replica-probe")
 

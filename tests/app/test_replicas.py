@@ -335,3 +335,19 @@ def test_the_openapi_document_names_the_token_only_with_replicas(tmp_path: Path)
         created = paths[LIST]["post"]["responses"]["201"]
         assert (TOKEN_HEADER in created.get("headers", {})) is present
         assert TOKEN_HEADER not in str(paths["/v2/realtime/publish"])
+
+
+def test_a_property_the_standby_has_not_replayed_is_asked_of_the_primary(
+    cluster: PostgresCluster, api_factory: Any
+) -> None:
+    standby = cluster.standbys[0]
+    api = start(api_factory, cluster, standby.url())
+    t = api.tenant("Fresh")
+    cluster.wait_caught_up(standby)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    new = api.add_property(t, "New House")  # made by the CLI's code: no token, no floor
+    r = api.client.get(LIST, params={"propertyId": new}, headers=t.auth)
+    assert r.status_code == 200 and r.json()["items"] == []
+    r = api.client.get(LIST, params={"propertyId": 10**6}, headers=t.auth)
+    assert r.status_code == 404  # the primary's answer too
+    assert database(api)["routed_reads"]["fallbacks"]["not_found"] == 2
