@@ -211,7 +211,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="per scenario (default 3000)")
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--max-seconds", type=float, default=30, help="cap per scenario")
+    parser.add_argument("--max-seconds", type=float, default=20, help="cap per scenario")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     started = time.monotonic()

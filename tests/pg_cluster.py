@@ -7,10 +7,12 @@ pause, stop and restart its standbys, which they may never do to the shared serv
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -61,6 +63,27 @@ class Server:
 
     def stop(self, mode: str = "fast") -> None:
         self.cluster.run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
+
+    def _signal_all(self, sig: int) -> None:
+        # Each child of the postmaster runs in a session of its own: signal them one by one.
+        pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        pids = [pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, sig)
+
+    def hang(self) -> None:
+        """Freeze every process of the server: sockets stay open and nothing answers."""
+        self._signal_all(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
 
     def sql(self, query: str, database: str = DATABASE) -> str:
         """Run one statement with psql and return its unaligned output."""
@@ -165,5 +188,6 @@ full_page_writes = off
         """Stop every server and remove the directory."""
         for s in [*self.standbys, self.primary]:
             if (s.data / "postmaster.pid").exists():
+                s.resume()  # a hung server must be able to stop
                 s.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)

@@ -264,7 +264,10 @@ class ReplicaRouter:
         behind = False
         for replica in candidates:
             try:
-                async with replica.engine.connect() as conn:
+                async with (
+                    asyncio.timeout(storage.REPLICA_READ_TIMEOUT_S),
+                    replica.engine.connect() as conn,
+                ):
                     if floor is not None and replica.replay_lsn < floor:
                         # Asked on the connection that will serve the read: replay only moves on.
                         replay = int(await conn.scalar(REPLAY_LSN_SQL) or 0)

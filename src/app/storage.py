@@ -228,9 +228,10 @@ async def ping(engine: AsyncEngine) -> None:
         await conn.execute(text("SELECT 1"))
 
 
-# A standby that is down must cost a read a refused or short-timed-out connect, never a hang:
-# the read then goes to the primary (app/replicas.py).
+# A standby that is down or hung must cost a read a refused or short-timed-out connect, or a
+# bounded wait, never a hang: the read then goes to the primary (app/replicas.py).
 REPLICA_CONNECT_TIMEOUT_S = 1.0
+REPLICA_READ_TIMEOUT_S = 5.0
 
 
 def create_replica_engine(replica_url: str) -> AsyncEngine:

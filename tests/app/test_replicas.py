@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pytest
 from app_support import Api, Tenant, expense
+from idempotency_support import private_redis
 
 from app import accounts, storage
 from app.auth import Principal
@@ -351,3 +352,52 @@ def test_a_property_the_standby_has_not_replayed_is_asked_of_the_primary(
     r = api.client.get(LIST, params={"propertyId": 10**6}, headers=t.auth)
     assert r.status_code == 404  # the primary's answer too
     assert database(api)["routed_reads"]["fallbacks"]["not_found"] == 2
+
+
+def test_when_redis_cannot_tell_a_floor_reads_go_to_the_primary(
+    cluster: PostgresCluster, api_factory: Any
+) -> None:
+    standby = cluster.standbys[0]
+    with private_redis() as redis_server:
+        api = start(api_factory, cluster, standby.url(), redis_url=redis_server.url)
+        writer = api.tenant("Blind")
+        reader = colleague(api, writer, "blind-reader")
+        write(api, writer, 100)
+        cluster.wait_caught_up(standby)
+        standby.sql("SELECT pg_wal_replay_pause()")
+        redis_server.stop()  # another worker's write could no longer be known
+        write(api, writer, 200)
+        assert amounts(api, reader) == [200, 100]  # the primary's: no 5xx, nothing stale
+        assert database(api)["routed_reads"]["fallbacks"]["floor_unknown"] >= 1
+
+
+def test_a_hung_standby_costs_a_read_a_bounded_wait_then_none(
+    cluster: PostgresCluster, api_factory: Any
+) -> None:
+    standby = cluster.standbys[0]
+    api = start(api_factory, cluster, standby.url())
+    t = api.tenant("Hung")
+    reader = colleague(api, t, "hung-reader")
+    write(api, t, 100)
+    cluster.wait_caught_up(standby)
+    assert amounts(api, reader) == [100]  # a pooled connection to the standby now exists
+    standby.hang()
+    try:
+        started = time.monotonic()
+        assert amounts(api, reader) == [100]
+        first = time.monotonic() - started
+        poll(lambda: not replica(api, standby.port)["up"], "the probe to see the standby hung")
+        started = time.monotonic()
+        for _ in range(5):
+            assert amounts(api, reader) == [100]
+        rest = time.monotonic() - started
+    finally:
+        standby.resume()
+    assert first < storage.REPLICA_READ_TIMEOUT_S + 5
+    assert rest < storage.REPLICA_READ_TIMEOUT_S  # marked down: no read waits for it again
+    assert database(api)["routed_reads"]["fallbacks"]["down"] >= 5
+    # The probes were bounded too, so they see it come back.
+    poll(lambda: replica(api, standby.port)["up"], "the probe to see the standby again")
+    served = replica(api, standby.port)["reads"]
+    assert amounts(api, reader) == [100]
+    assert replica(api, standby.port)["reads"] == served + 1
