@@ -30,9 +30,9 @@ T = TypeVar("T")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pg_cluster() -> Iterator[PostgresCluster]:
-    """One primary and two standbys for the session, migrated, removed at the end."""
+    """One primary and two standbys for this module's tests, migrated, removed after them."""
     if pg_bin() is None:
         message = "PostgreSQL server binaries (initdb, pg_basebackup) are not installed"
         if os.environ.get("STREAMCORE_REQUIRE_SERVICES") == "1":
