@@ -32,7 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import accounts, idempotency, storage
+from . import accounts, idempotency, replicas, storage
 from .auth import Principal, authenticate
 from .cache import Write
 from .currencies import ISO_4217
@@ -408,9 +408,9 @@ class Ledger:
         ]
 
     async def page(
-        self, engine: AsyncEngine, who: Principal, query: ListQuery, limit: int
+        self, conn: AsyncConnection, who: Principal, query: ListQuery, limit: int
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """One page, newest first, keyset-paginated over (date, id)."""
+        """One page, newest first, keyset-paginated over (date, id), read on conn."""
         t = self.table
         where = [t.c.org_id == who.org_id]
         if query.property_id is not None:
@@ -425,16 +425,15 @@ class Ledger:
                 or_(self.date < after_date, and_(self.date == after_date, t.c.id < after_id))
             )
         stmt = select(t).where(*where).order_by(self.date.desc(), t.c.id.desc()).limit(limit + 1)
-        async with engine.connect() as conn:
-            rows = (await conn.execute(stmt)).all()
-            # Rows are filtered by org, so any row proves the property is the caller's; only an
-            # empty page needs the check that tells "none yet" from "not yours" (404).
-            if (
-                not rows
-                and query.property_id is not None
-                and not await accounts.property_in_org(conn, query.property_id, who.org_id)
-            ):
-                raise NotFound("Property not found.")
+        rows = (await conn.execute(stmt)).all()
+        # Rows are filtered by org, so any row proves the property is the caller's; only an
+        # empty page needs the check that tells "none yet" from "not yours" (404).
+        if (
+            not rows
+            and query.property_id is not None
+            and not await accounts.property_in_org(conn, query.property_id, who.org_id)
+        ):
+            raise NotFound("Property not found.")
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = (
@@ -555,26 +554,25 @@ def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
 
 
 async def summarise(
-    engine: AsyncEngine, who: Principal, query: SummaryQuery
+    conn: AsyncConnection, who: Principal, query: SummaryQuery
 ) -> tuple[int | None, dict[str, Any]]:
-    """Totals per currency of one property's expenses and revenues over a period.
+    """Totals per currency of one property's expenses and revenues over a period, read on conn.
 
     Also the property's totals version they were computed at: read before and after the
     queries, and None if a write committed in between (the summary is right, but of no version).
     """
     by_currency: dict[str, dict[str, Any]] = {}
-    async with engine.connect() as conn:
-        before = await accounts.totals_version(conn, query.property_id, who.org_id)
-        if before is None:
-            raise NotFound("Property not found.")
-        for ledger in (EXPENSES, REVENUES):
-            for row in await conn.execute(ledger.totals_query(query.property_id, query)):
-                entry = by_currency.get(row.currency)
-                if entry is None:
-                    entry = by_currency[row.currency] = _currency_totals(row.currency)
-                entry[f"{ledger.kind}sCents"] = int(row.total)
-                entry[f"{ledger.kind}Count"] = int(row.n)
-        after = await accounts.totals_version(conn, query.property_id, who.org_id)
+    before = await accounts.totals_version(conn, query.property_id, who.org_id)
+    if before is None:
+        raise NotFound("Property not found.")
+    for ledger in (EXPENSES, REVENUES):
+        for row in await conn.execute(ledger.totals_query(query.property_id, query)):
+            entry = by_currency.get(row.currency)
+            if entry is None:
+                entry = by_currency[row.currency] = _currency_totals(row.currency)
+            entry[f"{ledger.kind}sCents"] = int(row.total)
+            entry[f"{ledger.kind}Count"] = int(row.n)
+    after = await accounts.totals_version(conn, query.property_id, who.org_id)
     totals = []
     for currency in sorted(by_currency):
         entry = by_currency[currency]
@@ -646,9 +644,10 @@ def _list(ledger: Ledger) -> Any:
         settings: Settings = request.app.state.settings
         query = read_query(request, ListQuery, context=_limits(settings))
         limit = query.limit or settings.page_size_default
-        # Lists may lag the primary by the replica's lag (DATABASE_REPLICA_URL, docs/METRICS.md).
-        engine = request.app.state.db_replica or request.app.state.db
-        items, next_cursor = await ledger.page(engine, who, query, limit)
+        # A replica may serve it, never older than the caller's own writes (app/replicas.py).
+        items, next_cursor = await replicas.read(
+            request, who, lambda conn: ledger.page(conn, who, query, limit)
+        )
         return OrjsonResponse({"items": items, "nextCursor": next_cursor})
 
     endpoint.__name__ = f"list_{ledger.kind}s"
@@ -663,11 +662,16 @@ async def summary(request: Request) -> Response:
     who = authenticate(request)
     query = read_query(request, SummaryQuery)
     cache = getattr(request.app.state, "summary_cache", None)
+
+    def run(conn: AsyncConnection) -> Any:
+        return summarise(conn, who, query)
+
     if cache is None:
-        return OrjsonResponse((await summarise(request.app.state.db, who, query))[1])
+        return OrjsonResponse((await replicas.read(request, who, run))[1])
 
     async def compute() -> tuple[int | None, bytes]:
-        version, body = await summarise(request.app.state.db, who, query)
+        # On a miss a replica may answer: a version older than one known is just not cached.
+        version, body = await replicas.read(request, who, run)
         return version, bytes(OrjsonResponse(body).body)
 
     period = f"{query.from_}/{query.to}"
@@ -689,6 +693,7 @@ operations = [
         responses={201: Expense},
         errors=_WRITE_ERRORS,
         idempotent=True,
+        consistency="write",
     ),
     Operation(
         "GET",
@@ -699,6 +704,7 @@ operations = [
         query=ListQuery,
         responses={200: ExpensePage},
         errors=_READ_ERRORS,
+        consistency="read",
     ),
     Operation(
         "POST",
@@ -710,6 +716,7 @@ operations = [
         responses={201: Revenue},
         errors=_WRITE_ERRORS,
         idempotent=True,
+        consistency="write",
     ),
     Operation(
         "GET",
@@ -720,6 +727,7 @@ operations = [
         query=ListQuery,
         responses={200: RevenuePage},
         errors=_READ_ERRORS,
+        consistency="read",
     ),
     Operation(
         "GET",
@@ -730,5 +738,6 @@ operations = [
         query=SummaryQuery,
         responses={200: Summary},
         errors=(401, 404, 422),  # no cursor, so no 400
+        consistency="read",
     ),
 ]

@@ -23,6 +23,7 @@ from . import (
     metrics,
     realtime,
     redis_client,
+    replicas,
     storage,
 )
 from .errors import EXCEPTION_HANDLERS, error_response
@@ -32,6 +33,7 @@ from .middleware.body_limit import BodyLimitMiddleware
 from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
 from .middleware.metrics import MetricsMiddleware
+from .middleware.read_your_writes import ReadYourWritesMiddleware
 from .middleware.request_context import RequestContextMiddleware
 from .openapi import Operation, body_limit, build_document, routes
 from .responses import OrjsonResponse
@@ -103,16 +105,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 await storage.ping(app.state.db)
 
             app.state.readiness_checks["database"] = database_ready
-            app.state.db_replica = None
-            if settings.database_replica_url:
-                replica = storage.create_engine(settings.database_replica_url)
-                stack.push_async_callback(replica.dispose)
-                app.state.db_replica = replica
-
-                async def replica_ready() -> None:
-                    await storage.ping(replica)
-
-                app.state.readiness_checks["database_replica"] = replica_ready
             store, idem_redis = idempotency.open_store(
                 settings, engine, app.state.idempotency_stats
             )
@@ -132,6 +124,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     await client.ping()
 
                 app.state.readiness_checks["redis"] = redis_ready
+            # No readiness check of its own: reads go to the primary while no standby can serve.
+            app.state.replicas = await replicas.start(app, settings, stack)
             app.state.summary_cache = cache.SummaryCache(
                 getattr(app.state, "redis", None),
                 f"{settings.metrics_redis_prefix}:summary",
@@ -156,8 +150,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
             allow_origins=list(settings.cors_origins),
             allow_credentials=True,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After"],
+            allow_headers=[
+                *("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"),
+                replicas.TOKEN_HEADER,
+            ],
+            expose_headers=[
+                *("X-Request-ID", "Idempotent-Replayed", "Retry-After"),
+                replicas.TOKEN_HEADER,
+            ],
             max_age=600,
         ),
         Middleware(
@@ -169,6 +169,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
         # Once per request, for routes, WebSockets and idempotency alike (scope state "auth").
         Middleware(AuthenticationMiddleware),
+        # Outside idempotency: a replayed write's response gets a token like the original's.
+        Middleware(
+            ReadYourWritesMiddleware,
+            routes=[op.route() for op in operations if op.consistency == "write"],
+        ),
         # Innermost: the body is already bounded, and it sees exactly what the handler sends.
         Middleware(
             IdempotencyMiddleware,

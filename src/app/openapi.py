@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
@@ -61,6 +61,8 @@ class Operation:
     auth: bool = True
     # Honours Idempotency-Key (app.middleware.idempotency); documents its header and answers.
     idempotent: bool = False
+    # Read replicas (app.replicas): "write" answers with a Consistency-Token, "read" honours one.
+    consistency: Literal["read", "write"] | None = None
     # Answers that are not JSON: status -> (media type, description); the body is a string.
     text_responses: Mapping[int, tuple[str, str]] = field(default_factory=dict)
 
@@ -139,6 +141,38 @@ def _document_idempotency(responses: dict[str, Any], settings: Settings) -> None
         )
 
 
+CONSISTENCY_TOKEN_PARAMETER = {
+    "name": "Consistency-Token",
+    "in": "header",
+    "required": False,
+    "description": (
+        "A Consistency-Token from an earlier write: the read then sees every write committed "
+        "before it was issued (a standby serves it only once it has replayed that far); see "
+        "docs/API.md, Read replicas and read-your-writes."
+    ),
+    "schema": {"type": "string", "pattern": "^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$"},
+}
+
+
+def _document_consistency(op: Operation, doc: dict[str, Any], settings: Settings) -> None:
+    if not settings.database_replica_urls or op.consistency is None:
+        return  # without replicas no token is issued, and one sent is ignored
+    responses = doc["responses"]
+    if op.consistency == "write":
+        token = {
+            "description": "pass it on later reads to see this write (read-your-writes)",
+            "schema": {"type": "string"},
+        }
+        for status, entry in responses.items():
+            if status.startswith("2"):
+                entry.setdefault("headers", {})["Consistency-Token"] = token
+        return
+    doc.setdefault("parameters", []).append(CONSISTENCY_TOKEN_PARAMETER)
+    error = {"application/json": {"schema": {"$ref": REF.format(model="ErrorResponse")}}}
+    bad = responses.setdefault("400", {"description": "Bad request", "content": error})
+    bad["description"] += "; or a malformed Consistency-Token (invalid_consistency_token)"
+
+
 def build_document(operations: Iterable[Operation], settings: Settings) -> dict[str, Any]:
     """Build the OpenAPI document for these operations."""
     operations = list(operations)
@@ -202,6 +236,7 @@ def build_document(operations: Iterable[Operation], settings: Settings) -> dict[
             }
         if op.idempotent:
             doc.setdefault("parameters", []).append(IDEMPOTENCY_KEY_PARAMETER)
+        _document_consistency(op, doc, settings)
         if op.query:
             schema = op.query.model_json_schema(ref_template=REF)
             required = set(schema.get("required", ()))

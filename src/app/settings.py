@@ -74,6 +74,15 @@ def _optional_url(raw: str) -> str | None:
     return raw.strip() or None
 
 
+def _replica_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
+    for url in urls:
+        # A read replica is a PostgreSQL hot standby: replay positions are what routing reads.
+        if not url.startswith("postgresql"):
+            raise ValueError(f"{url.split('://')[0]}:// is not PostgreSQL; replicas are standbys")
+    return urls
+
+
 def _positive_int(raw: str) -> int:
     value = int(raw)
     if value <= 0:
@@ -134,8 +143,13 @@ class Settings:
     workers: int = 1
     # SQLite under ./var is the embedded default; PostgreSQL via postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///./var/streamcore.db"
-    # Optional PostgreSQL read replica: list reads go there; its lag is in the metrics.
-    database_replica_url: str | None = None
+    # PostgreSQL hot standbys (comma-separated) that may serve reads (app/replicas.py); a read
+    # goes to the least-lagging one within DATABASE_REPLICA_MAX_LAG_S, else to the primary.
+    database_replica_urls: tuple[str, ...] = ()
+    database_replica_max_lag_s: float = 5.0
+    # How long a user's last write pins that user's reads to replicas that replayed it. Above the
+    # max lag, so a replica that may serve the user afterwards is no later than the write.
+    read_your_writes_ttl_s: float = 10.0
     # Unset: embedded idempotency store, per-process connection counts, single-process fan-out.
     redis_url: str | None = None
     log_level: str = "info"
@@ -216,6 +230,15 @@ class Settings:
                 f"IDEMPOTENCY_LEASE_S={self.idempotency_lease_s} is not below "
                 f"IDEMPOTENCY_TTL_S={self.idempotency_ttl_s}"
             )
+        if self.database_replica_urls and not self.database_url.startswith("postgresql"):
+            raise SettingsError(
+                "DATABASE_REPLICA_URL needs a PostgreSQL DATABASE_URL (the primary)"
+            )
+        if self.read_your_writes_ttl_s <= self.database_replica_max_lag_s:
+            raise SettingsError(
+                f"READ_YOUR_WRITES_TTL_S={self.read_your_writes_ttl_s} is not above "
+                f"DATABASE_REPLICA_MAX_LAG_S={self.database_replica_max_lag_s}"
+            )
         if self.max_amount_cents > MAX_AMOUNT_LIMIT:
             raise SettingsError(
                 f"MAX_AMOUNT_CENTS={self.max_amount_cents} is above {MAX_AMOUNT_LIMIT}"
@@ -231,8 +254,14 @@ class Settings:
             port=_read(env, "PORT", d.port, _port),
             workers=_read(env, "WORKERS", d.workers, _positive_int),
             database_url=_read(env, "DATABASE_URL", d.database_url, str),
-            database_replica_url=_read(
-                env, "DATABASE_REPLICA_URL", d.database_replica_url, _optional_url
+            database_replica_urls=_read(
+                env, "DATABASE_REPLICA_URL", d.database_replica_urls, _replica_urls
+            ),
+            database_replica_max_lag_s=_read(
+                env, "DATABASE_REPLICA_MAX_LAG_S", d.database_replica_max_lag_s, _positive_float
+            ),
+            read_your_writes_ttl_s=_read(
+                env, "READ_YOUR_WRITES_TTL_S", d.read_your_writes_ttl_s, _positive_float
             ),
             redis_url=_read(env, "REDIS_URL", d.redis_url, _optional_url),
             log_level=_read(env, "LOG_LEVEL", d.log_level, _log_level),

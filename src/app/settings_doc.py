@@ -15,11 +15,16 @@ MEANINGS: dict[str, str] = {
     "PORT": "port `serve` listens on",
     "WORKERS": "worker processes (or `serve --workers N`); more than one needs `REDIS_URL`",
     "DATABASE_URL": "SQLite (WAL) or `postgresql+asyncpg://…`; migrated on start",
-    "DATABASE_REPLICA_URL": "optional PostgreSQL read replica for expense/revenue lists",
+    "DATABASE_REPLICA_URL": "comma list of PostgreSQL hot standbys of `DATABASE_URL` that may "
+    "serve lists and summary cache misses (docs/API.md, read replicas); needs PostgreSQL",
+    "DATABASE_REPLICA_MAX_LAG_S": "a standby lagging more serves no read",
+    "READ_YOUR_WRITES_TTL_S": "how long a user's newest write pins their reads to standbys that "
+    "replayed it; must exceed `DATABASE_REPLICA_MAX_LAG_S`",
     "REDIS_URL": "Redis for idempotency, shared connection caps and cross-instance fan-out",
     "LOG_LEVEL": "`debug`, `info`, `warning`, `error`, `critical`",
     "WINDOW_MIN_MS": "shortest adaptive batch window",
     "WINDOW_MAX_MS": "longest adaptive batch window",
+    "WINDOW_FLUSH_BUDGET": "share of a core the flusher may use before windows widen (0-1]",
     "COMPRESSION_THRESHOLD": "frames with a larger body are compressed (bytes)",
     "ZSTD_LEVEL": "zstd level for frames (1-22)",
     "REALTIME_MAX_CONNECTIONS_PER_USER": "open streams per user (429 past it)",
@@ -60,11 +65,19 @@ MEANINGS: dict[str, str] = {
     "WATCH_TOKEN": "`make watch`: a bearer token instead of a password",
 }
 _SECRET = {"JWT_SECRET", "METRICS_TOKEN", "WATCH_PASSWORD", "WATCH_TOKEN"}
+# Fields whose variable is not their name in upper case (a list read from one variable).
+_VARIABLE_OF = {"database_replica_urls": "DATABASE_REPLICA_URL"}
+_FIELD_OF = {v: k for k, v in _VARIABLE_OF.items()}
+
+
+def variable(field: str) -> str:
+    """The environment variable a Settings field is read from."""
+    return _VARIABLE_OF.get(field, field.upper())
 
 
 def default(variable: str) -> str:
     """The default as an operator would write it in the environment."""
-    value = getattr(Settings(), variable.lower())
+    value = getattr(Settings(), _FIELD_OF.get(variable, variable.lower()))
     if value is None:
         return "unset"
     if isinstance(value, bool):
@@ -78,7 +91,7 @@ def default(variable: str) -> str:
 
 def table() -> str:
     """The Markdown table of every setting, in the order Settings declares them."""
-    names = [f.name.upper() for f in dataclasses.fields(Settings)]
+    names = [variable(f.name) for f in dataclasses.fields(Settings)]
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name in names:
         shown = "unset" if name in _SECRET else f"`{default(name)}`"

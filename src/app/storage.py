@@ -370,3 +370,25 @@ async def ping(engine: AsyncEngine) -> None:
     """Raise unless the database answers a trivial query."""
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
+
+
+# A standby that is down or hung must cost a read a refused or short-timed-out connect, or a
+# bounded wait, never a hang: the read then goes to the primary (app/replicas.py).
+REPLICA_CONNECT_TIMEOUT_S = 1.0
+REPLICA_READ_TIMEOUT_S = 5.0
+
+
+def create_replica_engine(replica_url: str) -> AsyncEngine:
+    """Create the engine of a PostgreSQL hot standby that serves reads.
+
+    No pre-ping: a dead pooled connection fails the read, which the router retries on the
+    primary, and that failure invalidates the pool, so a ping per checkout would only add a
+    round trip to every read.
+    """
+    return create_async_engine(
+        make_url(replica_url),
+        pool_size=10,
+        max_overflow=10,
+        hide_parameters=True,
+        connect_args={"timeout": REPLICA_CONNECT_TIMEOUT_S},
+    )

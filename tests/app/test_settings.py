@@ -92,3 +92,33 @@ def test_reads_the_app_settings() -> None:
 
 def test_the_secret_never_shows_in_repr() -> None:
     assert "k" * 32 not in repr(Settings.from_env({"JWT_SECRET": "k" * 32}))
+
+
+PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
+
+
+def test_replicas_are_a_list_of_postgresql_standbys() -> None:
+    s = Settings.from_env(
+        {
+            "DATABASE_URL": PG,
+            "DATABASE_REPLICA_URL": f" {PG}1 , {PG}2,",
+            "DATABASE_REPLICA_MAX_LAG_S": "2.5",
+        }
+    )
+    assert s.database_replica_urls == (f"{PG}1", f"{PG}2")
+    assert (s.database_replica_max_lag_s, s.read_your_writes_ttl_s) == (2.5, 10.0)
+    assert Settings.from_env({}).database_replica_urls == ()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DATABASE_URL": PG, "DATABASE_REPLICA_URL": "sqlite+aiosqlite:///r.db"}, "REPLICA_URL"),
+        ({"DATABASE_REPLICA_URL": PG}, "DATABASE_URL"),  # the embedded SQLite has no standby
+        ({"DATABASE_URL": PG, "DATABASE_REPLICA_MAX_LAG_S": "0"}, "MAX_LAG_S"),
+        ({"DATABASE_URL": PG, "DATABASE_REPLICA_MAX_LAG_S": "20"}, "READ_YOUR_WRITES_TTL_S"),
+    ],
+)
+def test_bad_replica_settings_fail_start_up(env: dict[str, str], named: str) -> None:
+    with pytest.raises(SettingsError, match=named):
+        Settings.from_env(env)

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from app.settings import Settings
-from app.settings_doc import MEANINGS, default, table
+from app.settings_doc import MEANINGS, default, table, variable
 
 ROOT = Path(__file__).resolve().parents[2]
 START, END = "<!-- settings-table:start -->", "<!-- settings-table:end -->"
@@ -29,7 +29,7 @@ def test_every_variable_settings_reads_has_a_meaning() -> None:
     env = Recording()
     Settings.from_env(env)
     assert set(env.asked) == set(MEANINGS)
-    assert {f.name.upper() for f in dataclasses.fields(Settings)} == set(MEANINGS)
+    assert {variable(f.name) for f in dataclasses.fields(Settings)} == set(MEANINGS)
 
 
 def test_docs_api_shows_the_table_as_generated() -> None:

@@ -7,7 +7,6 @@ stats, the database pool), merge the snapshots other workers published to Redis,
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import hmac
 import logging
@@ -17,13 +16,13 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import text
 from starlette.requests import Request
 from starlette.responses import Response
 
 from .. import redis_client
 from ..errors import Unauthorized
 from ..openapi import Operation
+from ..replicas import FALLBACK_REASONS
 from ..responses import OrjsonResponse
 from ..settings import Settings
 from . import aggregate, exposition
@@ -71,11 +70,16 @@ def local_snapshot(app: Any) -> Snapshot:
     cache = getattr(state, "summary_cache", None)
     if cache is not None:
         counters.update(cache.counters())
-    for attr, name in (("db", "db_pool"), ("db_replica", "db_replica_pool")):
-        pool = getattr(getattr(state, attr, None), "pool", None)
+    router = getattr(state, "replicas", None)
+    engines = [("db_pool", getattr(state, "db", None))]
+    if router is not None:
+        counters.update(router.counters())
+        engines += [("db_replica_pool", r.engine) for r in router.replicas]
+    for name, engine in engines:
+        pool = getattr(engine, "pool", None)
         if pool is not None and hasattr(pool, "size") and hasattr(pool, "checkedout"):
-            snap.gauges[f"{name}_size"] = pool.size()
-            snap.gauges[f"{name}_in_use"] = pool.checkedout()
+            snap.gauges[f"{name}_size"] = snap.gauges.get(f"{name}_size", 0) + pool.size()
+            snap.gauges[f"{name}_in_use"] = snap.gauges.get(f"{name}_in_use", 0) + pool.checkedout()
     snap.instances = [{"id": getattr(state, "metrics_instance", "local"), "age_s": 0.0}]
     return snap
 
@@ -116,45 +120,44 @@ def _pool(snap: Snapshot, name: str) -> dict[str, Any] | None:
     return {"size": size, "in_use": in_use, "utilisation": in_use / size if size else None}
 
 
-# Lag of a PostgreSQL standby: 0 when it has replayed all it received, else the age of the last
-# replayed transaction. NULL lag (a primary) is reported as null with that reason.
-REPLICA_LAG_SQL = text(
-    "SELECT pg_is_in_recovery() AS standby, CASE WHEN pg_last_wal_receive_lsn() = "
-    "pg_last_wal_replay_lsn() THEN 0 ELSE EXTRACT(EPOCH FROM now() - "
-    "pg_last_xact_replay_timestamp()) END AS lag_s"
-)
-REPLICA_TIMEOUT_S = 1.0
-
-
-async def replica_lag(engine: Any) -> tuple[float | None, str | None]:
-    """(lag in seconds, None) or (None, why it cannot be measured)."""
-    if engine is None:
-        return None, "no read replica is configured (DATABASE_REPLICA_URL); reads use the primary"
-    if engine.dialect.name != "postgresql":
-        return None, f"the replica is {engine.dialect.name}, which has no replication to measure"
-    try:
-        async with asyncio.timeout(REPLICA_TIMEOUT_S), engine.connect() as conn:
-            row = (await conn.execute(REPLICA_LAG_SQL)).one()
-    except Exception as exc:
-        return None, f"the replica did not answer ({type(exc).__name__})"
-    if not row.standby:
-        return None, "DATABASE_REPLICA_URL names a server that is not in recovery (a primary)"
-    if row.lag_s is None:
-        return None, "the standby has not replayed any transaction yet"
-    return float(row.lag_s), None
+def _replicas(app: Any, snap: Snapshot) -> dict[str, Any]:
+    """Each standby as this process's last probe saw it, and where routed reads went."""
+    router = getattr(app.state, "replicas", None)
+    if router is None:
+        return {
+            "replica_lag_s": None,
+            "replica_reason": "no read replica is configured (DATABASE_REPLICA_URL); "
+            "reads use the primary",
+        }
+    statuses = router.status()
+    usable = [s["lag_s"] for s in statuses if s["up"] and s["lag_s"] is not None]
+    c = snap.counters
+    reads = c.get("db_reads_replica", 0) + c.get("db_reads_primary", 0)
+    out: dict[str, Any] = {
+        "replica_pool": _pool(snap, "db_replica_pool"),
+        # The least lag of a standby that answers: what the next read may be served at.
+        "replica_lag_s": min(usable) if usable else None,
+        "replica_max_lag_s": router.max_lag_s,
+        "replicas": statuses,
+        "routed_reads": {
+            "replica": c.get("db_reads_replica", 0),
+            "primary": c.get("db_reads_primary", 0),
+            "replica_share": c.get("db_reads_replica", 0) / reads if reads else None,
+            "fallbacks": {r: c.get(f"db_replica_fallback_{r}", 0) for r in FALLBACK_REASONS},
+        },
+    }
+    if not usable:
+        out["replica_reason"] = "no standby answers: " + "; ".join(
+            f"{s['name']}: {s.get('reason')}" for s in statuses
+        )
+    return out
 
 
 async def _database(app: Any, snap: Snapshot) -> dict[str, Any]:
     out: dict[str, Any] = {"pool": _pool(snap, "db_pool")}
     if out["pool"] is None:
         out["pool_reason"] = "the database engine has no fixed-size pool"
-    replica = getattr(app.state, "db_replica", None)
-    if replica is not None:
-        out["replica_pool"] = _pool(snap, "db_replica_pool")
-    lag, reason = await replica_lag(replica)
-    out["replica_lag_s"] = lag
-    if reason is not None:
-        out["replica_reason"] = reason
+    out.update(_replicas(app, snap))
     out["partitions_ready"] = None
     out["partitions_reason"] = "the schema has no partitioned tables"
     return out
@@ -213,10 +216,13 @@ async def prometheus_metrics(request: Request) -> Response:
     _authorise(request)
     snap, _ = await collect(request.app)
     om = "application/openmetrics-text" in request.headers.get("accept", "")
+    router = getattr(request.app.state, "replicas", None)
     body = exposition.render(
         snap,
         openmetrics=om,
         org_cap=request.app.state.settings.realtime_max_connections_per_org,
+        replicas=router.status() if router is not None else (),
+        replica_max_lag_s=router.max_lag_s if router is not None else None,
     )
     media = exposition.OPENMETRICS_CONTENT_TYPE if om else exposition.TEXT_CONTENT_TYPE
     return Response(body, headers={"Content-Type": media, "Cache-Control": "no-store"})

@@ -8,10 +8,12 @@ Raw series only: percentiles and SLO verdicts are the JSON endpoint's and the re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from streamcore import Histogram
 
+from ..replicas import FALLBACK_REASONS
 from .registry import STATUS_CLASSES, Snapshot
 from .slo import LATENCY_EDGES
 
@@ -133,8 +135,19 @@ class _Writer:
         return ("\n".join(self.lines) + "\n").encode()
 
 
-def render(snap: Snapshot, *, openmetrics: bool = False, org_cap: int | None = None) -> bytes:
-    """The exposition of one snapshot, in the text format or OpenMetrics."""
+def render(
+    snap: Snapshot,
+    *,
+    openmetrics: bool = False,
+    org_cap: int | None = None,
+    replicas: Sequence[Mapping[str, Any]] = (),
+    replica_max_lag_s: float | None = None,
+) -> bytes:
+    """The exposition of one snapshot, in the text format or OpenMetrics.
+
+    replicas are the standbys as the scraped process's last probe saw them: a standby's lag is
+    the same for every worker, so it is not summed across them like the snapshot's gauges.
+    """
     w = _Writer(openmetrics)
     api = sorted(snap.api.items())
     w.counter(
@@ -214,9 +227,61 @@ def render(snap: Snapshot, *, openmetrics: bool = False, org_cap: int | None = N
     ):
         if key in snap.gauges:
             w.gauge(key, help_, [((), snap.gauges[key])])
+    _replicas(w, snap, replicas, replica_max_lag_s)
     w.gauge(
         "metrics_instances",
         "Processes whose metrics this exposition merges.",
         [((), max(1, len(snap.instances)))],
     )
     return w.render()
+
+
+def _replicas(
+    w: _Writer, snap: Snapshot, replicas: Sequence[Mapping[str, Any]], max_lag_s: float | None
+) -> None:
+    c = snap.counters
+    if "db_reads_replica" in c:
+        w.counter(
+            "db_routed_reads",
+            "Reads the replica router sent, by the database that served them.",
+            [
+                ([("database", "replica")], c["db_reads_replica"]),
+                ([("database", "primary")], c["db_reads_primary"]),
+            ],
+        )
+        w.counter(
+            "db_replica_fallbacks",
+            "Reads the primary served because no standby could, by reason.",
+            (
+                ([("reason", r)], c[f"db_replica_fallback_{r}"])
+                for r in FALLBACK_REASONS
+                if f"db_replica_fallback_{r}" in c
+            ),
+        )
+    if not replicas:
+        return
+    w.gauge(
+        "db_replica_up",
+        "1 while the standby answers its probes as a standby, else 0.",
+        (([("replica", r["name"])], 1 if r["up"] else 0) for r in replicas),
+    )
+    w.gauge(
+        "db_replica_lag_seconds",
+        "Age of the standby's newest replayed commit while it is behind the primary, else 0.",
+        (([("replica", r["name"])], r["lag_s"]) for r in replicas if r["lag_s"] is not None),
+    )
+    w.gauge(
+        "db_replica_lag_bytes",
+        "WAL bytes between the primary's position and the standby's replay position.",
+        (
+            ([("replica", r["name"])], r["lag_bytes"])
+            for r in replicas
+            if r["lag_bytes"] is not None
+        ),
+    )
+    if max_lag_s is not None:
+        w.gauge(
+            "db_replica_max_lag_seconds",
+            "Lag above which a standby serves no read (DATABASE_REPLICA_MAX_LAG_S).",
+            [((), max_lag_s)],
+        )

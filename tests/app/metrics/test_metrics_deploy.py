@@ -16,6 +16,7 @@ from app_support import Api
 
 from app.metrics import exposition
 from app.metrics.registry import Registry, Snapshot
+from app.replicas import FALLBACK_REASONS
 from streamcore import Histogram
 
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy"
@@ -23,6 +24,9 @@ DASHBOARD = DEPLOY / "grafana" / "streamcore.json"
 RULES = DEPLOY / "prometheus" / "slo_rules.yml"
 RULES_TEST = DEPLOY / "prometheus" / "slo_rules_test.yml"
 CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+REPLICA_RULES = DEPLOY / "prometheus" / "replica_rules.yml"
+REPLICA_RULES_TEST = DEPLOY / "prometheus" / "replica_rules_test.yml"
+REPLICA = {"name": "db2:5432/app", "up": True, "lag_s": 0.5, "lag_bytes": 1024}
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
     PROMTOOL is None, reason="promtool is not installed (apt-get install prometheus)"
@@ -44,12 +48,16 @@ def full_snapshot() -> Snapshot:
         snap.counters[f"cache_{level}_misses"] = 1
     snap.gauges = {"realtime_connections": 1, "db_pool_size": 10, "db_pool_in_use": 1}
     snap.gauges |= {"db_replica_pool_size": 10, "db_replica_pool_in_use": 1}
+    snap.counters |= {"db_reads_replica": 1, "db_reads_primary": 1}
+    snap.counters |= {f"db_replica_fallback_{r}": 1 for r in FALLBACK_REASONS}
     snap.org_connections = {7: 1}
     return snap
 
 
 def exported_series() -> set[str]:
-    text = exposition.render(full_snapshot(), org_cap=1000).decode()
+    text = exposition.render(
+        full_snapshot(), org_cap=1000, replicas=[REPLICA], replica_max_lag_s=5.0
+    ).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 
 
@@ -123,7 +131,7 @@ def test_promtool_checks_rules_and_their_unit_tests() -> None:
 
 @needs_promtool
 def test_promtool_checks_the_scrape_config(tmp_path: Path) -> None:
-    for path in (CONFIG, RULES):
+    for path in (CONFIG, RULES, REPLICA_RULES):
         shutil.copy(path, tmp_path / path.name)
     (tmp_path / "streamcore_metrics_token").write_text("token\n")
     promtool("check", "config", str(tmp_path / CONFIG.name))
@@ -135,4 +143,20 @@ def test_promtool_lints_a_real_exposition(sqlite_api: Api) -> None:
     sqlite_api.client.get("/nowhere")
     text = sqlite_api.client.get("/v1/system/metrics/prometheus").content
     promtool("check", "metrics", stdin=text)
-    promtool("check", "metrics", stdin=exposition.render(full_snapshot(), org_cap=10))
+    full = exposition.render(full_snapshot(), org_cap=10, replicas=[REPLICA], replica_max_lag_s=5)
+    promtool("check", "metrics", stdin=full)
+
+
+def test_replica_alerts_read_exported_series() -> None:
+    groups = yaml.safe_load(REPLICA_RULES.read_text())["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+    assert set(alerts) == {"StreamcoreReplicaLagHigh", "StreamcoreReplicaDown"}
+    for rule in alerts.values():
+        assert referenced(rule["expr"]) <= exported_series(), rule
+        assert rule["labels"]["severity"] == "ticket"  # reads still succeed: nobody is paged
+
+
+@needs_promtool
+def test_promtool_checks_the_replica_alerts_and_their_unit_tests() -> None:
+    promtool("check", "rules", str(REPLICA_RULES))
+    promtool("test", "rules", REPLICA_RULES_TEST.name, cwd=REPLICA_RULES_TEST.parent)
