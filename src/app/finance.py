@@ -36,6 +36,7 @@ from . import accounts, idempotency, storage
 from .auth import Principal, authenticate
 from .cache import Write
 from .currencies import ISO_4217
+from .edge import Edge, tags, versions
 from .errors import InvalidCursor, NotFound
 from .events import Event, Publisher, fact, state
 from .openapi import Operation
@@ -532,6 +533,7 @@ def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
         cache = getattr(request.app.state, "summary_cache", None)
         if cache is not None:  # committed: move this property's cached summaries on to it
             await cache.apply(body.property_id, write)
+        request.app.state.edge.written(who.org_id, ledger.kind, body.property_id)
         return OrjsonResponse(record, status_code=201)
 
     endpoint.__name__ = f"create_{ledger.kind}"
@@ -547,8 +549,24 @@ def _list(ledger: Ledger) -> Any:
         limit = query.limit or settings.page_size_default
         # Lists may lag the primary by the replica's lag (DATABASE_REPLICA_URL, docs/METRICS.md).
         engine = request.app.state.db_replica or request.app.state.db
+        edge: Edge = request.app.state.edge
+        resource = f"{ledger.kind}s"
+        tag_list = tags.list_tags(who.org_id, resource, query.property_id)
+        # Read before and after the page, from the same database: equal, and the page is that
+        # version's; else a write landed in between and the page gets no validator.
+        before = await versions.entries(engine, who.org_id, query.property_id)
+        if before is None:
+            raise NotFound("Property not found.")
+        shown = (query.property_id, query.from_, query.to, query.cursor, limit)
+        etag = edge.etag(resource, who.org_id, *shown, before)
+        if edge.not_modified(request, etag):
+            return edge.unchanged(etag, tag_list)
         items, next_cursor = await ledger.page(engine, who, query, limit)
-        return OrjsonResponse({"items": items, "nextCursor": next_cursor})
+        after = await versions.entries(engine, who.org_id, query.property_id)
+        return OrjsonResponse(
+            {"items": items, "nextCursor": next_cursor},
+            headers=edge.headers(etag if after == before else None, tag_list),
+        )
 
     endpoint.__name__ = f"list_{ledger.kind}s"
     endpoint.__doc__ = (
@@ -561,17 +579,30 @@ async def summary(request: Request) -> Response:
     """Totals per currency for one property over a period (from inclusive, to exclusive)."""
     who = authenticate(request)
     query = read_query(request, SummaryQuery)
-    cache = getattr(request.app.state, "summary_cache", None)
-    if cache is None:
-        return OrjsonResponse((await summarise(request.app.state.db, who, query))[1])
+    edge: Edge = request.app.state.edge
+    period = f"{query.from_}/{query.to}"
+    tag_list = tags.summary_tags(who.org_id, query.property_id)
+    if "if-none-match" in request.headers:
+        # A revalidation costs the version read alone, never the totals queries.
+        current = await versions.summary(request.app.state.db, who.org_id, query.property_id)
+        if current is None:
+            raise NotFound("Property not found.")
+        etag = edge.etag("summary", who.org_id, query.property_id, period, current)
+        if edge.not_modified(request, etag):
+            return edge.unchanged(etag, tag_list)
 
     async def compute() -> tuple[int | None, bytes]:
         version, body = await summarise(request.app.state.db, who, query)
         return version, bytes(OrjsonResponse(body).body)
 
-    period = f"{query.from_}/{query.to}"
-    body = await cache.get(who.org_id, query.property_id, period, compute)
-    return Response(body, media_type="application/json")  # read through app.cache (L1/L2/L3)
+    cache = getattr(request.app.state, "summary_cache", None)
+    if cache is None:
+        version, body = await compute()
+    else:  # read through app.cache (L1/L2/L3)
+        version, body = await cache.get_versioned(who.org_id, query.property_id, period, compute)
+    shown = None if version is None else (query.property_id, period, version)
+    etag = None if shown is None else edge.etag("summary", who.org_id, *shown)
+    return Response(body, media_type="application/json", headers=edge.headers(etag, tag_list))
 
 
 _WRITE_ERRORS = (400, 401, 404, 413, 415, 422)

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from . import (
     auth,
     cache,
+    edge,
     finance,
     health,
     idempotency,
@@ -26,6 +27,7 @@ from . import (
 from .errors import EXCEPTION_HANDLERS
 from .events import EventBus
 from .middleware.body_limit import BodyLimitMiddleware
+from .middleware.cache_control import CacheControlMiddleware
 from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
 from .middleware.metrics import MetricsMiddleware
@@ -119,6 +121,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings.database_url,
                 finance.apply_write,
             )
+            # Purges still pending at shutdown go out before the stores close.
+            app.state.edge = await edge.open_edge(settings, stack)
             # Last in, so first out: streams close before the stores they read.
             await realtime.start(app, settings, stack)
             # After the hub, so it stops publishing (and withdraws) before the hub closes.
@@ -141,6 +145,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
             expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After"],
             max_age=600,
         ),
+        # Every answer without a policy of its own, refusals included, is no-store.
+        Middleware(CacheControlMiddleware),
         Middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes),
         # Innermost: the body is already bounded, and it sees exactly what the handler sends.
         Middleware(
@@ -163,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.login_max_failures, settings.login_window_s
     )
     app.state.idempotency_stats = idempotency.Stats()
+    app.state.edge = edge.Edge(settings)  # validators only until the lifespan opens the purger
     app.state.openapi = build_document(operations, settings)
     return app
 

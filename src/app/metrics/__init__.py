@@ -69,6 +69,9 @@ def local_snapshot(app: Any) -> Snapshot:
     cache = getattr(state, "summary_cache", None)
     if cache is not None:
         counters.update(cache.counters())
+    edge = getattr(state, "edge", None)
+    if edge is not None:
+        counters.update(edge.counters())
     for attr, name in (("db", "db_pool"), ("db_replica", "db_replica_pool")):
         pool = getattr(getattr(state, attr, None), "pool", None)
         if pool is not None and hasattr(pool, "size") and hasattr(pool, "checkedout"):
