@@ -108,6 +108,8 @@ sub vcl_hash {
     }
     # The verified org is part of every key: org B's request can never find org A's object.
     hash_data("org=" + req.http.X-Edge-Org);
+    # CORS headers follow Origin (the app's Vary: Origin, replaced by the key as below).
+    hash_data("origin=" + req.http.Origin);
     return (lookup);
 }
 
@@ -143,7 +145,8 @@ sub vcl_backend_response {
     if (!beresp.http.xkey && beresp.http.Cache-Tag) {
         set beresp.http.xkey = beresp.http.Cache-Tag;
     }
-    # The org is already in the key; varying on the token too would keep one copy per token.
+    # The org and Origin are already in the key; varying on the token too would keep one copy
+    # per token. The header itself goes back to clients in vcl_deliver.
     if (beresp.http.Vary) {
         set beresp.http.X-Edge-Vary = beresp.http.Vary;
         unset beresp.http.Vary;
