@@ -600,9 +600,12 @@ async def summary(request: Request) -> Response:
         version, body = await compute()
     else:  # read through app.cache (L1/L2/L3)
         version, body = await cache.get_versioned(who.org_id, query.property_id, period, compute)
-    shown = None if version is None else (query.property_id, period, version)
-    etag = None if shown is None else edge.etag("summary", who.org_id, *shown)
-    return Response(body, media_type="application/json", headers=edge.headers(etag, tag_list))
+    tag = (
+        None
+        if version is None
+        else edge.etag("summary", who.org_id, query.property_id, period, version)
+    )
+    return Response(body, media_type="application/json", headers=edge.headers(tag, tag_list))
 
 
 _WRITE_ERRORS = (400, 401, 404, 413, 415, 422)
