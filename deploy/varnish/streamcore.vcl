@@ -48,6 +48,9 @@ sub vcl_recv {
         set req.http.X-Edge-Purged = xkey.purge(req.http.xkey);
         return (synth(200, "Purged"));
     }
+    if (req.http.Upgrade ~ "(?i)websocket") {
+        return (pipe);  # the realtime stream, straight to the app
+    }
     if ((req.method != "GET" && req.method != "HEAD") || req.url !~ "^/v1/finance/") {
         return (pass);
     }
@@ -97,6 +100,13 @@ sub streamcore_verify_token {
             req.http.X-Edge-Claims, {"^.*[{,]"org":([0-9]+)[,}].*$"}, "\1");
     }
     unset req.http.X-Edge-Claims;
+}
+
+sub vcl_pipe {
+    if (req.http.Upgrade) {
+        set bereq.http.Upgrade = req.http.Upgrade;
+        set bereq.http.Connection = req.http.Connection;
+    }
 }
 
 sub vcl_hash {

@@ -24,6 +24,7 @@ import jwt
 import pytest
 from edge_support import TcpGate, VarnishProcess, require_varnish
 from processes import ServeProcess, free_port, server_env
+from websockets.asyncio.client import connect
 
 pytestmark = pytest.mark.slow
 
@@ -276,3 +277,11 @@ def when_stats(stats: dict[str, int], test: Callable[[dict[str, int]], bool]) ->
 
 def when_body(response: httpx2.Response, old: bytes) -> Any:
     return response if response.status_code == 200 and response.content != old else None
+
+
+async def test_the_realtime_stream_passes_through_the_edge(stack: Stack) -> None:
+    token = stack.app.token()
+    url = stack.edge.http.replace("http://", "ws://") + "/v2/realtime/stream"
+    async with connect(url, additional_headers=bearer(token), compression=None) as ws:
+        hello = await ws.recv()  # the app's hello frame: the upgrade went through the edge
+    assert b"hello" in (hello.encode() if isinstance(hello, str) else hello)
