@@ -59,7 +59,7 @@ def cli(workdir: Path, env: dict[str, str], *args: str) -> None:
     assert done.returncode == 0, done.stderr
 
 
-def start_stack(workdir: Path, *, gated: bool = False) -> Stack:
+def start_stack(workdir: Path, *, gated: bool = False, **settings: object) -> Stack:
     require_varnish()
     secret = secrets.token_hex(32)
     secret_path = workdir / "edge_jwt_secret"
@@ -74,6 +74,7 @@ def start_stack(workdir: Path, *, gated: bool = False) -> Stack:
         EDGE_PURGE_URLS=purge_url,
         EDGE_PURGE_RETRY_BASE_S=0.1,
         EDGE_PURGE_RETRY_MAX_S=0.4,
+        **settings,
     )
     # The demo org (1) and a second org with its own user and property, through the CLI.
     cli(workdir, env, "seed-demo")
@@ -113,6 +114,16 @@ def app_counts(app: ServeProcess) -> tuple[int, int]:
         if (row["route"], row["method"]) == (SUMMARY, "GET")
     )
     return served, int(body["cache"]["l3"]["hits"])
+
+
+def app_not_modified(app: ServeProcess) -> int:
+    """Summary requests the app answered with a 3xx (its only one here: 304)."""
+    body = app.get(AGG).json()
+    return sum(
+        int(row["responses"]["3xx"])
+        for row in body["api"]["by_route"]
+        if (row["route"], row["method"]) == (SUMMARY, "GET")
+    )
 
 
 def edge_stats(app: ServeProcess) -> dict[str, int]:
@@ -285,3 +296,27 @@ async def test_the_realtime_stream_passes_through_the_edge(stack: Stack) -> None
     async with connect(url, additional_headers=bearer(token), compression=None) as ws:
         hello = await ws.recv()  # the app's hello frame: the upgrade went through the edge
     assert b"hello" in (hello.encode() if isinstance(hello, str) else hello)
+
+
+def test_past_its_lifetime_the_edge_revalidates_and_the_app_answers_304(tmp_path: Path) -> None:
+    s = start_stack(tmp_path, EDGE_TTL_S=1, EDGE_STALE_WHILE_REVALIDATE_S=0)
+    try:
+        token = s.app.token()
+        url = f"{SUMMARY}?propertyId=1"
+        first = s.edge.get(url, headers=bearer(token))
+        served, computed = app_counts(s.app)
+        assert app_not_modified(s.app) == 0
+        # Hits until the second is up; then the edge asks the app with the ETag it holds.
+        again = wait_for(
+            lambda: when_miss(s.edge.get(url, headers=bearer(token))), "the copy to expire", 10.0
+        )
+        assert (again.status_code, again.content) == (200, first.content)
+        assert again.headers["etag"] == first.headers["etag"]
+        assert app_counts(s.app) == (served + 1, computed)  # no summary query ran...
+        assert app_not_modified(s.app) == 1  # ...because the app answered 304
+    finally:
+        s.stop()
+
+
+def when_miss(response: httpx2.Response) -> Any:
+    return response if response.headers.get("x-edge-cache") == "miss" else None
