@@ -141,8 +141,12 @@ def create_app(settings: Settings | None = None) -> Starlette:
             allow_origins=list(settings.cors_origins),
             allow_credentials=True,
             allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After"],
+            allow_headers=[
+                *("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"),
+                "If-None-Match",
+            ],
+            # ETag: a browser app may revalidate finance reads itself (If-None-Match).
+            expose_headers=["X-Request-ID", "Idempotent-Replayed", "Retry-After", "ETag"],
             max_age=600,
         ),
         # Every answer without a policy of its own, refusals included, is no-store.
