@@ -129,6 +129,12 @@ class SummaryCache:
         self._breaker.failed(exc, pause_s)
 
     async def get(self, org_id: int, property_id: int, period: str, compute: Compute) -> bytes:
+        return (await self.get_versioned(org_id, property_id, period, compute))[1]
+
+    async def get_versioned(
+        self, org_id: int, property_id: int, period: str, compute: Compute
+    ) -> tuple[int | None, bytes]:
+        """The summary and the totals version it shows (None: of no version, see compute)."""
         key = (org_id, property_id, period)
         known = self._latest.get(property_id, 0)
         remote: int | None = None
@@ -143,7 +149,7 @@ class SummaryCache:
         entry = self._l1.get(key)
         if entry is not None and entry.version >= known and entry.expires > time.monotonic():
             self.stats.l1_hits += 1
-            return entry.body
+            return entry.version, entry.body
         self.stats.l1_misses += 1
         if remote is not None:
             try:
@@ -154,7 +160,7 @@ class SummaryCache:
                 if body is not None:
                     self.stats.l2_hits += 1
                     self._put_l1(key, known, bytes(body))
-                    return bytes(body)
+                    return known, bytes(body)
                 self.stats.l2_misses += 1
         version, body = await compute()
         self.stats.l3_hits += 1
@@ -167,7 +173,7 @@ class SummaryCache:
                     )
                 except Exception as exc:
                     self._failed(exc)
-        return body
+        return version, body
 
     async def apply(self, property_id: int, write: Write) -> None:
         """A write committed: move this property's cached summaries on to its version."""

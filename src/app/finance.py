@@ -36,6 +36,7 @@ from . import accounts, idempotency, replicas, storage
 from .auth import Principal, authenticate
 from .cache import Write
 from .currencies import ISO_4217
+from .edge import Edge, tags, versions
 from .errors import InvalidCursor, NotFound
 from .events import Event, Publisher, fact, state
 from .openapi import Operation
@@ -631,6 +632,7 @@ def _create(ledger: Ledger, model: type[_EntryIn]) -> Any:
         cache = getattr(request.app.state, "summary_cache", None)
         if cache is not None:  # committed: move this property's cached summaries on to it
             await cache.apply(body.property_id, write)
+        request.app.state.edge.written(who.org_id, ledger.kind, body.property_id)
         return OrjsonResponse(record, status_code=201)
 
     endpoint.__name__ = f"create_{ledger.kind}"
@@ -644,11 +646,33 @@ def _list(ledger: Ledger) -> Any:
         settings: Settings = request.app.state.settings
         query = read_query(request, ListQuery, context=_limits(settings))
         limit = query.limit or settings.page_size_default
-        # A replica may serve it, never older than the caller's own writes (app/replicas.py).
-        items, next_cursor = await replicas.read(
-            request, who, lambda conn: ledger.page(conn, who, query, limit)
+        edge: Edge = request.app.state.edge
+        resource = f"{ledger.kind}s"
+        tag_list = tags.list_tags(who.org_id, resource, query.property_id)
+        shown = (query.property_id, query.from_, query.to, query.cursor, limit)
+
+        async def page(conn: AsyncConnection) -> tuple[str | None, Any]:
+            # Read the version before and after the page on the same connection (a replica may
+            # serve it, never older than the caller's own writes: app/replicas.py): equal, and
+            # the page is that version's; else a write landed in between and it gets no ETag.
+            before = await versions.entries(conn, who.org_id, query.property_id)
+            if before is None:
+                raise NotFound("Property not found.")
+            etag = edge.etag(resource, who.org_id, *shown, before)
+            if edge.not_modified(request, etag):
+                return etag, None
+            result = await ledger.page(conn, who, query, limit)
+            after = await versions.entries(conn, who.org_id, query.property_id)
+            return (etag if after == before else None), result
+
+        etag, result = await replicas.read(request, who, page)
+        if result is None:
+            assert etag is not None
+            return edge.unchanged(etag, tag_list)
+        items, next_cursor = result
+        return OrjsonResponse(
+            {"items": items, "nextCursor": next_cursor}, headers=edge.headers(etag, tag_list)
         )
-        return OrjsonResponse({"items": items, "nextCursor": next_cursor})
 
     endpoint.__name__ = f"list_{ledger.kind}s"
     endpoint.__doc__ = (
@@ -661,22 +685,39 @@ async def summary(request: Request) -> Response:
     """Totals per currency for one property over a period (from inclusive, to exclusive)."""
     who = authenticate(request)
     query = read_query(request, SummaryQuery)
-    cache = getattr(request.app.state, "summary_cache", None)
+    edge: Edge = request.app.state.edge
+    period = f"{query.from_}/{query.to}"
+    tag_list = tags.summary_tags(who.org_id, query.property_id)
+    if "if-none-match" in request.headers:
+        # A revalidation costs the version read alone, never the totals queries; on the primary,
+        # so a 304 never confirms a state older than the caller's own writes.
+        async with request.app.state.db.connect() as conn:
+            current = await versions.summary(conn, who.org_id, query.property_id)
+        if current is None:
+            raise NotFound("Property not found.")
+        etag = edge.etag("summary", who.org_id, query.property_id, period, current)
+        if edge.not_modified(request, etag):
+            return edge.unchanged(etag, tag_list)
 
     def run(conn: AsyncConnection) -> Any:
         return summarise(conn, who, query)
-
-    if cache is None:
-        return OrjsonResponse((await replicas.read(request, who, run))[1])
 
     async def compute() -> tuple[int | None, bytes]:
         # On a miss a replica may answer: a version older than one known is just not cached.
         version, body = await replicas.read(request, who, run)
         return version, bytes(OrjsonResponse(body).body)
 
-    period = f"{query.from_}/{query.to}"
-    body = await cache.get(who.org_id, query.property_id, period, compute)
-    return Response(body, media_type="application/json")  # read through app.cache (L1/L2/L3)
+    cache = getattr(request.app.state, "summary_cache", None)
+    if cache is None:
+        version, body = await compute()
+    else:  # read through app.cache (L1/L2/L3)
+        version, body = await cache.get_versioned(who.org_id, query.property_id, period, compute)
+    tag = (
+        None
+        if version is None
+        else edge.etag("summary", who.org_id, query.property_id, period, version)
+    )
+    return Response(body, media_type="application/json", headers=edge.headers(tag, tag_list))
 
 
 _WRITE_ERRORS = (400, 401, 404, 413, 415, 422)

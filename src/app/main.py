@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import (
     auth,
     cache,
+    edge,
     finance,
     health,
     http_protocol,
@@ -30,6 +31,7 @@ from .errors import EXCEPTION_HANDLERS, error_response
 from .events import EventBus
 from .middleware.authentication import AuthenticationMiddleware
 from .middleware.body_limit import BodyLimitMiddleware
+from .middleware.cache_control import CacheControlMiddleware
 from .middleware.cors import CorsMiddleware
 from .middleware.idempotency import IdempotencyMiddleware
 from .middleware.metrics import MetricsMiddleware
@@ -132,6 +134,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
                 settings.database_url,
                 finance.apply_write,
             )
+            # Purges still pending at shutdown go out before the stores close.
+            app.state.edge = await edge.open_edge(settings, stack)
             # Last in, so first out: streams close before the stores they read.
             await realtime.start(app, settings, stack)
             # After the hub, so it stops publishing (and withdraws) before the hub closes.
@@ -153,13 +157,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
             allow_headers=[
                 *("Authorization", "Content-Type", "Idempotency-Key", "X-Request-ID"),
                 replicas.TOKEN_HEADER,
+                "If-None-Match",
             ],
+            # ETag: a browser app may revalidate finance reads itself (If-None-Match).
             expose_headers=[
-                *("X-Request-ID", "Idempotent-Replayed", "Retry-After"),
+                *("X-Request-ID", "Idempotent-Replayed", "Retry-After", "ETag"),
                 replicas.TOKEN_HEADER,
             ],
             max_age=600,
         ),
+        # Every answer without a policy of its own, refusals included, is no-store.
+        Middleware(CacheControlMiddleware),
         Middleware(
             BodyLimitMiddleware,
             max_body_bytes=settings.max_body_bytes,
@@ -197,6 +205,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.login_max_failures, settings.login_window_s
     )
     app.state.idempotency_stats = idempotency.Stats()
+    app.state.edge = edge.Edge(settings)  # validators only until the lifespan opens the purger
     app.state.openapi = build_document(operations, settings)
     return app
 

@@ -122,6 +122,31 @@ def _origins(raw: str) -> tuple[str, ...]:
     return origins
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number >= 0")
+    return value
+
+
+EDGE_PROVIDERS = ("none", "varnish", "fastly", "cloudflare")
+
+
+def _edge_provider(raw: str) -> str:
+    provider = raw.strip().lower()
+    if provider not in EDGE_PROVIDERS:
+        raise ValueError("one of " + ", ".join(EDGE_PROVIDERS))
+    return provider
+
+
+def _http_urls(raw: str) -> tuple[str, ...]:
+    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"{url!r} is not an http(s) URL")
+    return urls
+
+
 def _secret(raw: str) -> str:
     # HS256 wants at least 256 bits of key; shorter secrets are brute-forceable offline.
     if len(raw.encode()) < 32:
@@ -214,6 +239,23 @@ class Settings:
     watch_password: str | None = field(default=None, repr=False)  # never printed
     watch_token: str | None = field(default=None, repr=False)  # never printed
     metrics_redis_prefix: str = "streamcore:metrics"
+    # Edge cache (docs/EDGE.md): which edge keeps finance reads, for how long, and how writes
+    # purge it. "none" sends validators but no edge lifetime or tags, and purges nothing.
+    edge_provider: str = "none"
+    edge_ttl_s: int = 60
+    edge_stale_while_revalidate_s: int = 30
+    # Varnish: each edge's base URL, e.g. http://127.0.0.1:6081 (PURGE with an xkey header).
+    edge_purge_urls: tuple[str, ...] = ()
+    edge_purge_window_ms: float = 20.0
+    edge_purge_timeout_s: float = 2.0
+    edge_purge_retry_base_s: float = 0.2
+    edge_purge_retry_max_s: float = 5.0
+    # Each purge is sent again this long after it landed (0: never); see app/edge/queue.py.
+    edge_purge_repeat_s: float = 1.0
+    edge_fastly_service_id: str | None = None
+    edge_fastly_api_token: str | None = field(default=None, repr=False)  # never printed
+    edge_cloudflare_zone_id: str | None = None
+    edge_cloudflare_api_token: str | None = field(default=None, repr=False)  # never printed
 
     def __post_init__(self) -> None:
         if self.window_min_ms > self.window_max_ms:
@@ -239,6 +281,20 @@ class Settings:
                 f"READ_YOUR_WRITES_TTL_S={self.read_your_writes_ttl_s} is not above "
                 f"DATABASE_REPLICA_MAX_LAG_S={self.database_replica_max_lag_s}"
             )
+        needs = {
+            "varnish": (("EDGE_PURGE_URLS", self.edge_purge_urls),),
+            "fastly": (
+                ("EDGE_FASTLY_SERVICE_ID", self.edge_fastly_service_id),
+                ("EDGE_FASTLY_API_TOKEN", self.edge_fastly_api_token),
+            ),
+            "cloudflare": (
+                ("EDGE_CLOUDFLARE_ZONE_ID", self.edge_cloudflare_zone_id),
+                ("EDGE_CLOUDFLARE_API_TOKEN", self.edge_cloudflare_api_token),
+            ),
+        }
+        for name, value in needs.get(self.edge_provider, ()):
+            if not value:
+                raise SettingsError(f"EDGE_PROVIDER={self.edge_provider} needs {name}")
         if self.max_amount_cents > MAX_AMOUNT_LIMIT:
             raise SettingsError(
                 f"MAX_AMOUNT_CENTS={self.max_amount_cents} is above {MAX_AMOUNT_LIMIT}"
@@ -358,4 +414,40 @@ class Settings:
             metrics_redis_prefix=_read(env, "METRICS_REDIS_PREFIX", d.metrics_redis_prefix, str),
             watch_password=_read(env, "WATCH_PASSWORD", d.watch_password, str),
             watch_token=_read(env, "WATCH_TOKEN", d.watch_token, str),
+            edge_provider=_read(env, "EDGE_PROVIDER", d.edge_provider, _edge_provider),
+            edge_ttl_s=_read(env, "EDGE_TTL_S", d.edge_ttl_s, _positive_int),
+            edge_stale_while_revalidate_s=_read(
+                env,
+                "EDGE_STALE_WHILE_REVALIDATE_S",
+                d.edge_stale_while_revalidate_s,
+                _non_negative_int,
+            ),
+            edge_purge_urls=_read(env, "EDGE_PURGE_URLS", d.edge_purge_urls, _http_urls),
+            edge_purge_window_ms=_read(
+                env, "EDGE_PURGE_WINDOW_MS", d.edge_purge_window_ms, _non_negative_float
+            ),
+            edge_purge_timeout_s=_read(
+                env, "EDGE_PURGE_TIMEOUT_S", d.edge_purge_timeout_s, _positive_float
+            ),
+            edge_purge_retry_base_s=_read(
+                env, "EDGE_PURGE_RETRY_BASE_S", d.edge_purge_retry_base_s, _positive_float
+            ),
+            edge_purge_retry_max_s=_read(
+                env, "EDGE_PURGE_RETRY_MAX_S", d.edge_purge_retry_max_s, _positive_float
+            ),
+            edge_purge_repeat_s=_read(
+                env, "EDGE_PURGE_REPEAT_S", d.edge_purge_repeat_s, _non_negative_float
+            ),
+            edge_fastly_service_id=_read(
+                env, "EDGE_FASTLY_SERVICE_ID", d.edge_fastly_service_id, _optional_url
+            ),
+            edge_fastly_api_token=_read(
+                env, "EDGE_FASTLY_API_TOKEN", d.edge_fastly_api_token, _optional_url
+            ),
+            edge_cloudflare_zone_id=_read(
+                env, "EDGE_CLOUDFLARE_ZONE_ID", d.edge_cloudflare_zone_id, _optional_url
+            ),
+            edge_cloudflare_api_token=_read(
+                env, "EDGE_CLOUDFLARE_API_TOKEN", d.edge_cloudflare_api_token, _optional_url
+            ),
         )

@@ -61,10 +61,27 @@ MEANINGS: dict[str, str] = {
     "METRICS_TOKEN": "when set, the metrics endpoints want `Authorization: Bearer <token>`",
     "METRICS_PUBLISH_INTERVAL_S": "with `REDIS_URL`, how often each process publishes metrics",
     "METRICS_REDIS_PREFIX": "Redis key prefix of published metrics",
+    "EDGE_PROVIDER": "`none`, `varnish`, `fastly` or `cloudflare`: tag header, lifetime, purger "
+    "(docs/EDGE.md)",
+    "EDGE_TTL_S": "how long the edge serves a read without asking the app",
+    "EDGE_STALE_WHILE_REVALIDATE_S": "how long past that it may serve it while refetching",
+    "EDGE_PURGE_URLS": "Varnish edges, comma-separated base URLs (required for `varnish`)",
+    "EDGE_PURGE_WINDOW_MS": "tags of writes in this window go in one purge request",
+    "EDGE_PURGE_TIMEOUT_S": "per purge request",
+    "EDGE_PURGE_RETRY_BASE_S": "first retry delay of a failed purge (doubling)",
+    "EDGE_PURGE_RETRY_MAX_S": "longest retry delay of a failed purge",
+    "EDGE_PURGE_REPEAT_S": "send each landed purge again after this long; `0` never",
+    "EDGE_FASTLY_SERVICE_ID": "required for `fastly`",
+    "EDGE_FASTLY_API_TOKEN": "required for `fastly`",
+    "EDGE_CLOUDFLARE_ZONE_ID": "required for `cloudflare`",
+    "EDGE_CLOUDFLARE_API_TOKEN": "required for `cloudflare`",
     "WATCH_PASSWORD": "`make watch`: password for `--email` (the demo user needs none)",
     "WATCH_TOKEN": "`make watch`: a bearer token instead of a password",
 }
-_SECRET = {"JWT_SECRET", "METRICS_TOKEN", "WATCH_PASSWORD", "WATCH_TOKEN"}
+_SECRET = {
+    *("JWT_SECRET", "METRICS_TOKEN", "WATCH_PASSWORD", "WATCH_TOKEN"),
+    *("EDGE_FASTLY_API_TOKEN", "EDGE_CLOUDFLARE_API_TOKEN"),
+}
 # Fields whose variable is not their name in upper case (a list read from one variable).
 _VARIABLE_OF = {"database_replica_urls": "DATABASE_REPLICA_URL"}
 _FIELD_OF = {v: k for k, v in _VARIABLE_OF.items()}

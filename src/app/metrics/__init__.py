@@ -70,6 +70,9 @@ def local_snapshot(app: Any) -> Snapshot:
     cache = getattr(state, "summary_cache", None)
     if cache is not None:
         counters.update(cache.counters())
+    edge = getattr(state, "edge", None)
+    if edge is not None:
+        counters.update(edge.counters())
     router = getattr(state, "replicas", None)
     engines = [("db_pool", getattr(state, "db", None))]
     if router is not None:

@@ -210,6 +210,7 @@ def build(
         "connections": _connections(snap, per_org_cap, per_user_cap),
         "idempotency": _idempotency(snap),
         "cache": cache,
+        "edge": {k[len("edge_") :]: v for k, v in snap.counters.items() if k.startswith("edge_")},
         "database": database,
         "slo": slos,
     }

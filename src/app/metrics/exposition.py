@@ -62,6 +62,16 @@ IDEMPOTENCY_COUNTERS = (
     ("idempotency_store_fallbacks", "idempotency_redis_fallbacks", "Falls back to the database."),
 )
 CACHE_LEVELS = ("l1", "l2", "l3")
+EDGE_COUNTERS = (
+    ("edge_purge_tags", "edge_purge_tags", "Tags writes asked the edge to purge."),
+    ("edge_purge_batches", "edge_purge_batches", "Purge windows sent."),
+    ("edge_purge_requests", "edge_purge_requests", "Purge requests sent, retries included."),
+    ("edge_purge_succeeded", "edge_purge_succeeded", "Purge requests the edge accepted."),
+    ("edge_purge_failed", "edge_purge_failed", "Purge requests that failed (each retried)."),
+    ("edge_purge_retries", "edge_purge_retries", "Purge requests sent again after a failure."),
+    ("edge_purge_repeats", "edge_purge_repeats", "Purges sent once more after landing."),
+    ("edge_purge_moot", "edge_purge_moot", "Purges given up once the edge had expired them."),
+)
 
 
 def _escape(value: str) -> str:
@@ -204,6 +214,15 @@ def render(
     for name, key, help_ in IDEMPOTENCY_COUNTERS:
         if key in c:
             w.counter(name, help_, [((), c[key])])
+    for name, key, help_ in EDGE_COUNTERS:
+        if key in c:
+            w.counter(name, help_, [((), c[key])])
+    if "edge_purge_backlog" in c:
+        w.gauge(
+            "edge_purge_backlog",
+            "Purges waiting for their window or a retry.",
+            [((), c["edge_purge_backlog"])],
+        )
     if any(f"cache_{lv}_hits" in c for lv in CACHE_LEVELS):
         for outcome in ("hits", "misses"):
             w.counter(
