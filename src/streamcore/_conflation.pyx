@@ -12,10 +12,11 @@ cimport cython
 from cpython.bool cimport PyBool_Check
 from cpython.bytes cimport PyBytes_Check, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem
-from cpython.list cimport PyList_GET_SIZE
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE, PyList_New
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsSsize_t, PyLong_Check
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyObject_Hash
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_Check
 from cpython.number cimport PyNumber_Index
 from cpython.unicode cimport PyUnicode_Check, PyUnicode_CheckExact, PyUnicode_FromObject
@@ -376,14 +377,127 @@ cdef class IntConflator:
         return self._events_out / <double>self._events_in if self._events_in else 1.0
 
 
+# ---------------------------------------------------------------------------------------------
+# StrMap: exact str key -> window slot, in C memory, in first-seen order. Keyed by the hash the str
+# caches in itself (siphash: already well mixed), compared by identity first (the app often passes
+# the same str object per entity), then by hash, length, kind and bytes. The map owns a reference
+# to each key; `entries` is in insertion order and the index, kept at most 1/4 full, holds entry
+# numbers, so emptying a window touches only its own keys, as in IntMap.
+
+cdef struct StrEntry:
+    PyObject* key       # an exact, ready str, owned
+    Py_hash_t hash
+    Py_ssize_t slot     # where the key's payload sits in the window
+    size_t home         # the index position that holds this entry
+
+cdef struct StrMap:
+    uint32_t* index     # capacity entries: an entry number, or _EMPTY
+    StrEntry* entries   # room for max_fill entries
+    size_t mask
+    size_t count
+    size_t max_fill     # capacity / 4
+
+
+cdef extern from *:
+    """
+    #define SC_STR_HASH(o) (((PyASCIIObject *)(o))->hash)
+    static inline int sc_str_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+        int kind = PyUnicode_KIND(a);
+        return n == PyUnicode_GET_LENGTH(b) && kind == PyUnicode_KIND(b)
+            && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * kind) == 0;
+    }
+    #if PY_VERSION_HEX < 0x030C0000
+    #define SC_STR_READY(o) PyUnicode_READY(o)
+    #else
+    #define SC_STR_READY(o) 0
+    #endif
+    #define SC_LIST_SET(l, i, o) PyList_SET_ITEM((l), (i), (o))
+    """
+    Py_hash_t SC_STR_HASH(PyObject* o) noexcept nogil
+    bint sc_str_eq(PyObject* a, PyObject* b) noexcept nogil
+    int SC_STR_READY(PyObject* o) except -1
+    void SC_LIST_SET(object l, Py_ssize_t i, PyObject* o) noexcept
+
+
+cdef inline size_t _str_find(const StrMap* m, PyObject* key, Py_hash_t h) noexcept nogil:
+    """Return the index position holding key's entry number, or the empty one where it belongs."""
+    cdef size_t i = <size_t>h & m.mask
+    cdef uint32_t v = m.index[i]
+    cdef const StrEntry* e
+    while v != _EMPTY:
+        e = &m.entries[v]
+        if e.key == key or (e.hash == h and sc_str_eq(e.key, key)):
+            return i
+        i = (i + 1) & m.mask
+        v = m.index[i]
+    return i
+
+
+cdef int _str_alloc(StrMap* m, size_t cap) except -1:
+    """Give m an empty index of cap positions and room for cap / 4 entries (keeping its entries)."""
+    cdef size_t fill = cap // 4
+    if fill > _MAX_FILL:
+        raise StreamcoreValueError("conflation window holds too many distinct keys; drain it more often")
+    cdef uint32_t* index = <uint32_t*>PyMem_Malloc(cap * sizeof(uint32_t))
+    if index == NULL:
+        raise MemoryError(f"conflation index of {cap} slots")
+    cdef StrEntry* entries = <StrEntry*>PyMem_Realloc(m.entries, fill * sizeof(StrEntry))
+    if entries == NULL:
+        PyMem_Free(index)
+        raise MemoryError(f"conflation entries for {fill} keys")
+    m.entries = entries
+    memset(index, 0xFF, cap * sizeof(uint32_t))  # every position _EMPTY
+    PyMem_Free(m.index)
+    m.index = index
+    m.mask = cap - 1
+    m.max_fill = fill
+    return 0
+
+
+cdef int _str_grow(StrMap* m) except -1:
+    _str_alloc(m, (m.mask + 1) * 2)
+    cdef size_t v, i
+    for v in range(m.count):
+        i = _str_find(m, m.entries[v].key, m.entries[v].hash)
+        m.index[i] = <uint32_t>v
+        m.entries[v].home = i
+    return 0
+
+
+cdef void _str_clear(StrMap* m) noexcept:
+    # Unmark every position before releasing any key: freeing a str runs no Python code, but the
+    # map must be whole whatever a release does.
+    cdef size_t v, n = m.count
+    for v in range(n):
+        m.index[m.entries[v].home] = _EMPTY
+    m.count = 0
+    for v in range(n):
+        Py_DECREF(<object>m.entries[v].key)
+
+
+cdef void _str_free(StrMap* m) noexcept:
+    _str_clear(m)
+    PyMem_Free(m.index)
+    PyMem_Free(m.entries)
+    m.index = NULL
+    m.entries = NULL
+
+
+# ---------------------------------------------------------------------------------------------
+
 @cython.final
 @cython.auto_pickle(False)
 cdef class Conflator:
     """One channel's window of bytes payloads, conflated by entity key (see the module docstring)."""
 
-    cdef list _payloads     # slot order
-    cdef dict _index        # str key (or int beyond int64) -> slot number
-    cdef IntMap _map        # int64 key -> slot number
+    # The window: one owned payload reference per slot, in slot order, in C memory.
+    cdef PyObject** _slots
+    cdef Py_ssize_t _count
+    cdef Py_ssize_t _room
+    cdef StrMap _strs       # exact str key -> slot
+    cdef IntMap _map        # int64 key -> slot
+    cdef dict _index        # int beyond int64 -> slot (rare: a dict is enough)
     cdef bint _merge
     cdef str _mode
     cdef Py_ssize_t _pending_bytes
@@ -400,34 +514,93 @@ cdef class Conflator:
             raise StreamcoreValueError(f"mode must be 'latest' or 'merge', not {mode!r}")
         self._mode = mode
         self._merge = mode == "merge"
-        self._payloads = []
         self._index = {}
         _map_alloc(&self._map, _MIN_CAPACITY)
+        _str_alloc(&self._strs, _MIN_CAPACITY)
+        self._slots = <PyObject**>PyMem_Malloc(_MIN_CAPACITY * sizeof(PyObject*))
+        if self._slots == NULL:
+            raise MemoryError("conflation window")
+        self._room = _MIN_CAPACITY
 
     def __init__(self, mode="latest"):
         pass  # __cinit__ did the work; this gives the class an introspectable signature
 
     def __dealloc__(self):
+        cdef Py_ssize_t i
+        for i in range(self._count):
+            Py_DECREF(<object>self._slots[i])
+        self._count = 0
+        PyMem_Free(self._slots)
+        _str_free(&self._strs)
         _map_free(&self._map)
 
-    cdef inline int _append(self, object payload) except -1:
-        self._payloads.append(payload)
-        self._pending_bytes += PyBytes_GET_SIZE(payload)
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        """Make room for extra more slots (doubling), before any of them is taken."""
+        cdef Py_ssize_t room = self._room
+        if self._count + extra <= room:
+            return 0
+        while room < self._count + extra:
+            room *= 2
+        cdef PyObject** slots = <PyObject**>PyMem_Realloc(self._slots, <size_t>room * sizeof(PyObject*))
+        if slots == NULL:
+            raise MemoryError(f"conflation window of {room} slots")
+        self._slots = slots
+        self._room = room
         return 0
 
+    cdef inline Py_ssize_t _append(self, PyObject* payload) except -1:
+        """Take a new slot for payload (room reserved by the caller) and return its number."""
+        cdef Py_ssize_t slot = self._count
+        Py_INCREF(<object>payload)
+        self._slots[slot] = payload
+        self._count = slot + 1
+        self._pending_bytes += PyBytes_GET_SIZE(<object>payload)
+        return slot
+
     cdef int _replace(self, Py_ssize_t slot, object key, object payload) except -1:
-        cdef object old = self._payloads[slot]
+        cdef PyObject* old = self._slots[slot]
         if self._merge:
-            payload = _merge_json(key, old, payload)  # raises before anything changes
-        self._pending_bytes += PyBytes_GET_SIZE(payload) - PyBytes_GET_SIZE(old)
-        self._payloads[slot] = payload
+            payload = _merge_json(key, <bytes>old, payload)  # raises before anything changes
+        self._pending_bytes += PyBytes_GET_SIZE(payload) - PyBytes_GET_SIZE(<object>old)
+        Py_INCREF(payload)
+        self._slots[slot] = <PyObject*>payload
+        Py_DECREF(<object>old)  # last: the window is whole whatever releasing it runs
+        return 0
+
+    cdef inline int _push_str(self, PyObject* key, PyObject* payload) except -1:
+        """Conflate one event with an exact str key."""
+        cdef StrMap* m = &self._strs
+        cdef Py_hash_t h = SC_STR_HASH(key)
+        if h == -1:
+            SC_STR_READY(key)
+            h = PyObject_Hash(<object>key)  # an exact str: computed and cached, no user code
+        cdef size_t i = _str_find(m, key, h)
+        cdef uint32_t v = m.index[i]
+        cdef StrEntry* e
+        if v != _EMPTY:
+            return self._replace(m.entries[v].slot, <object>key, <object>payload)
+        if m.count >= m.max_fill:
+            _str_grow(m)
+            i = _str_find(m, key, h)
+        self._reserve(1)
+        v = <uint32_t>m.count
+        e = &m.entries[v]
+        Py_INCREF(<object>key)
+        e.key = key
+        e.hash = h
+        e.home = i
+        e.slot = self._append(payload)
+        m.index[i] = v
+        m.count += 1
         return 0
 
     cdef int _push_object_key(self, object key, object payload) except -1:
         cdef PyObject* found = PyDict_GetItem(self._index, key)
         if found == NULL:
-            self._index[key] = PyList_GET_SIZE(self._payloads)
-            return self._append(payload)
+            self._reserve(1)
+            self._index[key] = self._count
+            self._append(<PyObject*>payload)
+            return 0
         return self._replace(PyLong_AsSsize_t(<object>found), key, payload)
 
     cdef int _push_int64_key(self, int64_t key, object payload) except -1:
@@ -439,19 +612,21 @@ cdef class Conflator:
         if m.count >= m.max_fill:
             _map_grow(m)
             h = _find(m, key)
-        _insert(m, h, key).value = PyList_GET_SIZE(self._payloads)
-        return self._append(payload)
+        self._reserve(1)
+        _insert(m, h, key).value = self._append(<PyObject*>payload)
+        return 0
 
     cdef int _push_checked(self, object key, object payload, bint conflatable) except -1:
         cdef int overflow = 0
         cdef long long v
         if key is None or not conflatable:
-            self._append(payload)
+            self._reserve(1)
+            self._append(<PyObject*>payload)
         elif PyUnicode_Check(key):
-            # A subclass's __eq__/__hash__ could re-enter (drain) during the dict lookup: use a copy.
+            # A subclass's __eq__/__hash__ could re-enter (drain) during a lookup: use a copy.
             if not PyUnicode_CheckExact(key):
                 key = PyUnicode_FromObject(key)
-            self._push_object_key(key, payload)
+            self._push_str(<PyObject*>key, <PyObject*>payload)
         else:
             v = PyLong_AsLongLongAndOverflow(key, &overflow)
             if overflow:  # beyond int64: the dict keeps it apart from every C map key
@@ -464,12 +639,16 @@ cdef class Conflator:
     def push(self, key, payload, bint conflatable=True):
         """Add one event to the window."""
         _check_payload(payload)
-        _check_key(key)
         if self._busy:
             raise _in_use(self)
         self._busy = True
         try:
-            self._push_checked(key, payload, conflatable)
+            if PyUnicode_CheckExact(key) and conflatable:  # the common case, checked in one test
+                self._push_str(<PyObject*>key, <PyObject*>payload)
+                self._events_in += 1
+            else:
+                _check_key(key)
+                self._push_checked(key, payload, conflatable)
         finally:
             self._busy = False
 
@@ -479,6 +658,7 @@ cdef class Conflator:
         cdef list ps = _as_list(payloads, "payloads")
         cdef Py_ssize_t n = PyList_GET_SIZE(ks)
         cdef Py_ssize_t i
+        cdef PyObject* key
         if PyList_GET_SIZE(ps) != n:
             raise StreamcoreValueError(f"keys and payloads differ in length: {n} != {PyList_GET_SIZE(ps)}")
         for i in range(n):
@@ -488,8 +668,15 @@ cdef class Conflator:
             raise _in_use(self)
         self._busy = True
         try:
+            if not conflatable:
+                self._reserve(n)
             for i in range(n):
-                self._push_checked(ks[i], ps[i], conflatable)
+                key = PyList_GET_ITEM(ks, i)
+                if conflatable and PyUnicode_CheckExact(<object>key):
+                    self._push_str(key, PyList_GET_ITEM(ps, i))
+                    self._events_in += 1
+                else:
+                    self._push_checked(<object>key, <object>PyList_GET_ITEM(ps, i), conflatable)
         finally:
             self._busy = False
 
@@ -515,18 +702,29 @@ cdef class Conflator:
 
     def drain(self):
         """Return the window's payloads in slot order and start a new window."""
+        cdef Py_ssize_t n = self._count
+        cdef Py_ssize_t i
+        cdef list out
         if self._busy:
             raise _in_use(self)
-        cdef list out = self._payloads
-        self._payloads = []
-        self._index = {}
-        _map_clear(&self._map)
+        self._busy = True  # allocating the list may run other threads' Python code
+        try:
+            out = PyList_New(n)
+        finally:
+            self._busy = False
+        for i in range(n):  # the list takes over the window's references
+            SC_LIST_SET(out, i, self._slots[i])
+        self._count = 0
         self._pending_bytes = 0
-        self._events_out += <uint64_t>PyList_GET_SIZE(out)
+        self._events_out += <uint64_t>n
+        _map_clear(&self._map)
+        _str_clear(&self._strs)
+        if self._index:
+            self._index = {}
         return out
 
     def __len__(self):
-        return PyList_GET_SIZE(self._payloads)
+        return self._count
 
     @property
     def mode(self):
