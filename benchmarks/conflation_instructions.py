@@ -55,6 +55,28 @@ def _dict_loop(keys: list[str], payloads: list[bytes]) -> Round:
     return run
 
 
+def _loop_alone(keys: list[str], payloads: list[bytes]) -> Round:
+    """The floor of every per-event loop: the iteration without any work."""
+
+    def run() -> None:
+        for _key, _payload in zip(keys, payloads, strict=True):
+            pass
+
+    return run
+
+
+def _noop_call(keys: list[str], payloads: list[bytes]) -> Round:
+    """The floor of every per-event call: the loop calling a two-argument builtin that does nothing."""
+    import operator
+
+    def run() -> None:
+        is_ = operator.is_
+        for key, payload in zip(keys, payloads, strict=True):
+            is_(key, payload)
+
+    return run
+
+
 def _push(keys: list[str], payloads: list[bytes]) -> Round:
     from streamcore import Conflator
 
@@ -136,6 +158,8 @@ for _shape in ("fresh", "repeated"):
     _group = f"str keys, {_shape} str objects"
     for _name, _make, _base in (
         ("dict_loop", _dict_loop, True),
+        ("floor_loop_alone", _loop_alone, False),
+        ("floor_noop_call", _noop_call, False),
         ("reference_push", _reference_push, False),
         ("push", _push, False),
         ("push_many", _push_many, False),

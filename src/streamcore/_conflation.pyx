@@ -418,6 +418,12 @@ cdef extern from *:
     bint sc_str_eq(PyObject* a, PyObject* b) noexcept nogil
     int SC_STR_READY(PyObject* o) except -1
     void SC_LIST_SET(object l, Py_ssize_t i, PyObject* o) noexcept
+    # The same macros on borrowed pointers, so the hot path makes no reference-count temporaries.
+    void sc_incref "Py_INCREF"(PyObject* o) noexcept nogil
+    void sc_decref "Py_DECREF"(PyObject* o) noexcept
+    Py_ssize_t sc_bytes_size "PyBytes_GET_SIZE"(PyObject* o) noexcept nogil
+    bint sc_is_str "PyUnicode_CheckExact"(PyObject* o) noexcept nogil
+    bint sc_is_bytes "PyBytes_CheckExact"(PyObject* o) noexcept nogil
 
 
 cdef inline size_t _str_find(const StrMap* m, PyObject* key, Py_hash_t h) noexcept nogil:
@@ -551,10 +557,10 @@ cdef class Conflator:
     cdef inline Py_ssize_t _append(self, PyObject* payload) except -1:
         """Take a new slot for payload (room reserved by the caller) and return its number."""
         cdef Py_ssize_t slot = self._count
-        Py_INCREF(<object>payload)
+        sc_incref(payload)
         self._slots[slot] = payload
         self._count = slot + 1
-        self._pending_bytes += PyBytes_GET_SIZE(<object>payload)
+        self._pending_bytes += sc_bytes_size(payload)
         return slot
 
     cdef int _replace(self, Py_ssize_t slot, object key, object payload) except -1:
@@ -577,15 +583,25 @@ cdef class Conflator:
         cdef size_t i = _str_find(m, key, h)
         cdef uint32_t v = m.index[i]
         cdef StrEntry* e
+        cdef PyObject* old
+        cdef Py_ssize_t slot
         if v != _EMPTY:
-            return self._replace(m.entries[v].slot, <object>key, <object>payload)
+            slot = m.entries[v].slot
+            if self._merge:
+                return self._replace(slot, <object>key, <object>payload)
+            old = self._slots[slot]
+            sc_incref(payload)
+            self._slots[slot] = payload
+            self._pending_bytes += sc_bytes_size(payload) - sc_bytes_size(old)
+            sc_decref(old)  # last: the window is whole whatever releasing it runs
+            return 0
         if m.count >= m.max_fill:
             _str_grow(m)
             i = _str_find(m, key, h)
         self._reserve(1)
         v = <uint32_t>m.count
         e = &m.entries[v]
-        Py_INCREF(<object>key)
+        sc_incref(key)
         e.key = key
         e.hash = h
         e.home = i
@@ -636,6 +652,9 @@ cdef class Conflator:
         self._events_in += 1
         return 0
 
+    # An unbound C method: `c.push` is then a builtin method, whose calls the interpreter
+    # specialises, where a cyfunction's go through a generic bound-method call.
+    @cython.binding(False)
     def push(self, key, payload, bint conflatable=True):
         """Add one event to the window."""
         _check_payload(payload)
@@ -652,31 +671,50 @@ cdef class Conflator:
         finally:
             self._busy = False
 
+    @cython.binding(False)
     def push_many(self, keys, payloads, bint conflatable=True):
         """Add events pairwise; every key and payload is checked before any is added."""
-        cdef list ks = _as_list(keys, "keys")
-        cdef list ps = _as_list(payloads, "payloads")
-        cdef Py_ssize_t n = PyList_GET_SIZE(ks)
-        cdef Py_ssize_t i
+        cdef Py_ssize_t n, i
         cdef PyObject* key
+        cdef PyObject* payload
+        cdef bint plain = not self._merge
+        cdef list ks
+        cdef list ps
+        if type(keys) is list and type(payloads) is list:
+            ks, ps = keys, payloads
+        else:
+            ks, ps = _as_list(keys, "keys"), _as_list(payloads, "payloads")
+        n = PyList_GET_SIZE(ks)
         if PyList_GET_SIZE(ps) != n:
             raise StreamcoreValueError(f"keys and payloads differ in length: {n} != {PyList_GET_SIZE(ps)}")
         for i in range(n):
-            _check_payload(ps[i])
-            _check_key(ks[i])
+            key = PyList_GET_ITEM(ks, i)
+            payload = PyList_GET_ITEM(ps, i)
+            if not sc_is_bytes(payload):
+                _check_payload(<object>payload)
+                plain = False
+            if not sc_is_str(key):
+                _check_key(<object>key)
+                plain = plain and <object>key is None
         if self._busy:
             raise _in_use(self)
+        if not plain and (ks is keys or ps is payloads):
+            # Off the plain path (a merge, a subclass, an int key) Python code may run mid-loop
+            # (an allocation can start the garbage collector): index private copies, as the loop
+            # does not recheck them. The plain path allocates no object and releases only bytes.
+            ks, ps = _as_list(keys, "keys"), _as_list(payloads, "payloads")
         self._busy = True
         try:
             if not conflatable:
                 self._reserve(n)
             for i in range(n):
                 key = PyList_GET_ITEM(ks, i)
-                if conflatable and PyUnicode_CheckExact(<object>key):
-                    self._push_str(key, PyList_GET_ITEM(ps, i))
+                payload = PyList_GET_ITEM(ps, i)
+                if conflatable and sc_is_str(key):
+                    self._push_str(key, payload)
                     self._events_in += 1
                 else:
-                    self._push_checked(<object>key, <object>PyList_GET_ITEM(ps, i), conflatable)
+                    self._push_checked(<object>key, <object>payload, conflatable)
         finally:
             self._busy = False
 
