@@ -66,7 +66,7 @@ def _loop_alone(keys: list[str], payloads: list[bytes]) -> Round:
 
 
 def _noop_call(keys: list[str], payloads: list[bytes]) -> Round:
-    """The floor of every per-event call: the loop calling a two-argument builtin that does nothing."""
+    """The floor of every per-event call: the loop calling a no-op two-argument builtin."""
     import operator
 
     def run() -> None:
@@ -231,7 +231,12 @@ def main(argv: list[str]) -> int:
         shown = "baseline" if is_base else ("-" if ratio is None else f"{ratio:.2f}x")
         print(f"{name:<26} {per_event[name]:>12.1f} {shown:>18}")
         rows.append(
-            {"case": name, "group": group, "instructions_per_event": per_event[name], "ratio": ratio}
+            {
+                "case": name,
+                "group": group,
+                "instructions_per_event": per_event[name],
+                "ratio": ratio,
+            }
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))

@@ -653,7 +653,8 @@ cdef class Conflator:
         return 0
 
     # An unbound C method: `c.push` is then a builtin method, whose calls the interpreter
-    # specialises, where a cyfunction's go through a generic bound-method call.
+    # specialises, where a cyfunction's go through a generic bound-method call. Positional calls
+    # skip even this: see _push_positional below, which takes its place in the type.
     @cython.binding(False)
     def push(self, key, payload, bint conflatable=True):
         """Add one event to the window."""
@@ -677,6 +678,7 @@ cdef class Conflator:
         cdef Py_ssize_t n, i
         cdef PyObject* key
         cdef PyObject* payload
+        cdef PyObject* ahead
         cdef bint plain = not self._merge
         cdef list ks
         cdef list ps
@@ -708,6 +710,12 @@ cdef class Conflator:
             if not conflatable:
                 self._reserve(n)
             for i in range(n):
+                # The index is random access: ask for the position of a key 8 events ahead now
+                # (its str object is read anyway, and in list order).
+                if i + 8 < n:
+                    ahead = PyList_GET_ITEM(ks, i + 8)
+                    if sc_is_str(ahead):
+                        SC_PREFETCH(&self._strs.index[<size_t>SC_STR_HASH(ahead) & self._strs.mask])
                 key = PyList_GET_ITEM(ks, i)
                 payload = PyList_GET_ITEM(ps, i)
                 if conflatable and sc_is_str(key):
@@ -788,3 +796,81 @@ cdef class Conflator:
     def conflation_ratio(self):
         """events_out / events_in (1.0 before any event)."""
         return self._events_out / <double>self._events_in if self._events_in else 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Conflator.push for positional calls, the way the app and any per-event loop call it: a
+# METH_FASTCALL entry that reads its arguments straight from the caller's array, with no keyword
+# parsing and no argument references taken. A call with keywords goes to the Cython-made method.
+
+from cpython.object cimport PyTypeObject
+
+cdef extern from *:
+    """
+    #define SC_TYPE_DICT(t) (((PyTypeObject *)(t))->tp_dict)
+    """
+    PyObject* SC_TYPE_DICT(PyObject* t) noexcept
+
+cdef extern from "Python.h":
+    ctypedef struct PyMethodDef:
+        const char* ml_name
+        void* ml_meth
+        int ml_flags
+        const char* ml_doc
+    int METH_FASTCALL
+    int METH_KEYWORDS
+    object PyDescr_NewMethod(PyTypeObject* cls, PyMethodDef* meth)
+    void PyType_Modified(PyTypeObject* cls)
+    int PyObject_IsTrue(PyObject* o) except -1
+    Py_ssize_t PyTuple_GET_SIZE(PyObject* t) noexcept
+
+cdef object _push_general = Conflator.__dict__["push"]
+
+
+cdef object _push_positional(object self, PyObject** args, Py_ssize_t nargs, PyObject* kwnames):
+    cdef Conflator c = <Conflator>self  # the descriptor checked the type of self
+    cdef bint conflatable = True
+    cdef PyObject* key
+    cdef PyObject* payload
+    if kwnames != NULL or nargs < 2 or nargs > 3:
+        return _push_general(self, *[<object>args[i] for i in range(nargs)],
+                             **_keywords(args + nargs, kwnames))
+    key = args[0]
+    payload = args[1]
+    if nargs == 3:
+        conflatable = PyObject_IsTrue(args[2])
+    if not sc_is_bytes(payload):
+        _check_payload(<object>payload)
+    if c._busy:
+        raise _in_use(c)
+    c._busy = True
+    try:
+        if conflatable and sc_is_str(key):
+            c._push_str(key, payload)
+            c._events_in += 1
+        else:
+            _check_key(<object>key)
+            c._push_checked(<object>key, <object>payload, conflatable)
+    finally:
+        c._busy = False
+    return None
+
+
+cdef dict _keywords(PyObject** values, PyObject* kwnames):
+    cdef dict kw = {}
+    cdef Py_ssize_t i
+    if kwnames != NULL:
+        for i in range(PyTuple_GET_SIZE(kwnames)):
+            kw[(<tuple>kwnames)[i]] = <object>values[i]
+    return kw
+
+
+cdef bytes _PUSH_DOC = ("push($self, key, payload, conflatable=True)\n--\n\n"
+                        + _push_general.__doc__.partition("\n\n")[2]).encode()
+cdef PyMethodDef _PUSH_DEF
+_PUSH_DEF.ml_name = "push"
+_PUSH_DEF.ml_meth = <void*>_push_positional
+_PUSH_DEF.ml_flags = METH_FASTCALL | METH_KEYWORDS
+_PUSH_DEF.ml_doc = _PUSH_DOC
+(<dict>SC_TYPE_DICT(<PyObject*>Conflator))["push"] = PyDescr_NewMethod(<PyTypeObject*>Conflator, &_PUSH_DEF)
+PyType_Modified(<PyTypeObject*>Conflator)
