@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROUNDS = 3
+ROUNDS = 2
 STR_EVENTS, STR_KEYS = 100_000, 10_000
 INT_EVENTS, INT_KEYS = 1_000_000, 10_000
 

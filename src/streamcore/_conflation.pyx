@@ -1,11 +1,14 @@
 # cython: autotestdict=False
 """Entity-keyed conflation: the latest event per key, keys in first-seen order, once per window.
 
-`IntConflator` is the pure-C path (int64 key -> int64 ref). `Conflator` holds bytes payloads: int keys
-go through the same C map, str keys (and ints beyond int64) through a dict emptied at each drain, so
-memory stays bounded by one window's distinct keys. Latest mode never decodes a payload; merge mode
-decodes, merges and re-encodes (stdlib json, compact) only when a key collides. The semantics are
-specified by `streamcore.reference.conflation` and restated in `_conflation.pyi`.
+`IntConflator` is the pure-C path (int64 key -> int64 ref). `Conflator` holds bytes payloads in a C
+array of references, one per slot, that drain() hands to its list in one pass. Exact str keys go
+through a C table keyed by the hash the str caches (identity compared first), int keys through the
+IntMap below, ints beyond int64 through a dict; all are emptied at each drain, so memory stays
+bounded by one window's distinct keys, and a push allocates no Python object. Latest mode never
+decodes a payload; merge mode decodes, merges and re-encodes (stdlib json, compact) only when a key
+collides. The semantics are specified by `streamcore.reference.conflation` and restated in
+`_conflation.pyi`.
 """
 
 cimport cython
