@@ -33,6 +33,7 @@ HARNESSES: list[tuple[str, str, list[str]]] = [
     ("100,000 orgs: idle channels, connections, hot orgs", "benchmarks.scale_sim", []),
     ("Scaling curves (docs/scaling-clients.png, docs/scaling-rate.png)", "benchmarks.scaling", []),
     ("Several workers with Redis fan-out", "benchmarks.workers_load", []),
+    ("Conflation: callgrind instructions per event", "benchmarks.conflation_instructions", []),
 ]
 BUDGET_S = 15 * 60  # the whole of `make bench` on the 2-core machine
 
