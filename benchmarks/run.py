@@ -56,6 +56,7 @@ HARNESSES: list[tuple[str, str, list[str]]] = [
     ("Several workers with Redis fan-out", "benchmarks.workers_load", []),
     ("Read replica: the primary's CPU taken off list reads", "benchmarks.replica_load", []),
     ("Finance reads through a Varnish edge against direct", "benchmarks.edge_load", []),
+    ("Conflation: callgrind instructions per event", "benchmarks.conflation_instructions", []),
 ]
 BUDGET_S = 15 * 60  # the whole of `make bench` on the 2-core machine
 

@@ -1,6 +1,7 @@
 """Conflator and IntConflator against the pure-Python reference, and every bad input."""
 
 import json
+import sys
 import threading
 
 import numpy as np
@@ -34,6 +35,8 @@ def test_compiled_extension_is_loaded():
 keys = st.one_of(
     st.none(),
     st.sampled_from(["a", "b", "7", "property:7:balance", ""]),
+    # Every str kind (1, 2 and 4 bytes a character), each event a fresh but equal str object.
+    st.sampled_from(["é:1", "日本:1", "😀:1", "property:8:balance"]).map(lambda s: (s + "!")[:-1]),
     # Ints beyond int64 take the dict path, the others the C table.
     st.sampled_from([0, 7, -1, 2**63 - 1, -(2**63), 2**64, 2**70]),
 )
@@ -209,6 +212,67 @@ def test_int_table_grows_across_windows():
         for i in range(5000):
             c.push(i * 1_000_003, b"%d" % (i + window + 1))
         assert c.drain() == [b"%d" % (i + window + 1) for i in range(5000)]
+
+
+def test_str_table_grows_across_windows_and_keeps_first_seen_order():
+    c = Conflator()
+    for window in range(3):
+        names = [f"property:{i * 7919 % 6000}:balance" for i in range(6000)]
+        for i, name in enumerate(names):
+            c.push(name, b"%d" % (i + window))
+        for i, name in enumerate(names):
+            c.push(f"{name}", b"%d" % (i + window + 1))  # an equal str, another object
+        assert len(c) == 6000
+        assert c.drain() == [b"%d" % (i + window + 1) for i in range(6000)]
+
+
+def test_window_owns_its_references_and_releases_them():
+    payload, key = b"payload-" + b"x" * 40, "key-" + "y" * 40
+    base = sys.getrefcount(payload), sys.getrefcount(key)
+    c = Conflator()
+    c.push(key, payload)
+    c.push(key, payload)
+    c.push(None, payload)
+    c.push_many([key, key], [payload, payload])
+    assert sys.getrefcount(payload) == base[0] + 2  # two slots
+    out = c.drain()
+    assert sys.getrefcount(key) == base[1]  # the window forgot its keys
+    del out
+    c.push(key, payload)
+    del c  # a window dropped undrained
+    assert (sys.getrefcount(payload), sys.getrefcount(key)) == base
+
+
+def test_push_takes_positional_and_keyword_arguments_alike():
+    c = Conflator()
+    c.push("a", b"1")
+    c.push("a", b"2", True)
+    c.push("a", b"fact", 0)
+    c.push(key="b", payload=b"3")
+    c.push("b", payload=b"4", conflatable=True)
+    c.push(None, b"5", conflatable=False)
+    assert c.drain() == [b"2", b"fact", b"4", b"5"]
+    with pytest.raises(TypeError):
+        c.push("a")
+    with pytest.raises(TypeError):
+        c.push("a", b"x", True, 1)
+    with pytest.raises(TypeError):
+        c.push("a", b"x", bogus=1)
+    with pytest.raises(TypeError):
+        c.push("a", b"x", True, conflatable=True)
+    assert (len(c), c.events_in) == (0, 6)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", 1, None]), payloads), max_size=40))
+def test_push_many_in_merge_mode_equals_push(events):
+    ks = [k for k, _ in events]
+    ps = [b'{"v":%d}' % len(p) for _, p in events]
+    one, many = Conflator("merge"), Conflator("merge")
+    for k, p in zip(ks, ps, strict=True):
+        one.push(k, p)
+    many.push_many(ks, ps)
+    assert many.drain() == one.drain()
 
 
 # ----------------------------------------------------------------------------------------------
