@@ -8,6 +8,8 @@ Three ways a body can be too large, all answered the same way:
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import PayloadTooLarge, error_response
@@ -21,10 +23,14 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_body_bytes = max_body_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: a WebSocket passes through for its whole life, and an `await` here
+        # would keep this layer's frame alive that long (docs/REALTIME.md, idle connection).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared: int | None = None
         for name, value in scope["headers"]:
             if name == b"content-length":
