@@ -8,7 +8,7 @@ Three ways a body can be too large, all answered the same way:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -27,10 +27,14 @@ class BodyLimitMiddleware:
         # Path -> a tighter limit (unauthenticated routes), applied before a byte is buffered.
         self.route_limits = dict(route_limits or {})
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: a WebSocket passes through for its whole life, and an `await` here
+        # would keep this layer's frame alive that long (docs/REALTIME.md, idle connection).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         limit = self.route_limits.get(scope["path"], self.max_body_bytes)
         declared: int | None = None
         for name, value in scope["headers"]:

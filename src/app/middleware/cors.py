@@ -7,10 +7,12 @@ Access-Control-* header at all and answers in the API's error shape.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
-from starlette.types import Message, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..errors import error_response
 
@@ -18,6 +20,16 @@ _LISTED_ONLY = ("access-control-allow-credentials", "access-control-expose-heade
 
 
 class CorsMiddleware(CORSMiddleware):
+    # Starlette types its __call__ as a coroutine function; any awaitable is a valid ASGI return.
+    def __call__(  # type: ignore[override]
+        self, scope: Scope, receive: Receive, send: Send
+    ) -> Awaitable[None]:
+        # Not a coroutine for what passes through (a WebSocket, for its whole life): see
+        # body_limit.BodyLimitMiddleware.__call__.
+        if scope["type"] != "http":
+            return self.app(scope, receive, send)
+        return super().__call__(scope, receive, send)
+
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
         if response.status_code != 400:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -52,10 +52,14 @@ class IdempotencyMiddleware:
                 return route.path  # the template, so /x/1 and /x/2 are different routes
         return None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: a WebSocket passes through for its whole life, and an `await` here
+        # would keep this layer's frame alive that long (docs/REALTIME.md, idle connection).
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         values = [v for k, v in scope["headers"] if k == b"idempotency-key"]
         route = self._route(scope) if values else None
         if route is None:

@@ -9,6 +9,7 @@ matched against the routes once, and a request no route matches is labelled "unm
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from time import perf_counter
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -22,10 +23,14 @@ class MetricsMiddleware:
         self.app = app
         self.registry = registry
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Not a coroutine: a WebSocket passes through for its whole life, and an `await` here
+        # would keep this layer's frame alive that long (docs/REALTIME.md, idle connection).
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500  # what the client gets if nothing answered
         answered = False
 
