@@ -240,9 +240,39 @@ def run_only(modules: list[str]) -> int:
     return code
 
 
+def run_micro(argv: list[str]) -> int:
+    """Rerun the pytest-benchmark tables and keep the harness sections as they are (`--micro`)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    json_path = RESULTS / "core.json"
+    start = time.monotonic()
+    code = run_pytest(json_path, argv)
+    data = json.loads(json_path.read_text())
+    for bench in data["benchmarks"]:
+        bench["stats"].pop("data", None)
+    json_path.write_text(json.dumps(data, indent=1))
+    old = REPORT.read_text().split("\n")
+    titles = tuple(f"## {title}" for title, _, _ in HARNESSES)
+    first = next((i for i, ln in enumerate(old) if ln.startswith(titles)), None)
+    foot = next(i for i, ln in enumerate(old) if ln.startswith("Raw results:"))
+    kept = old[first:foot] if first is not None else []
+    new = render(data, time.monotonic() - start, []).split("\n")
+    at = next(i for i, ln in enumerate(new) if ln.startswith("Raw results:"))
+    new[0:1] = [
+        "# Benchmarks",
+        "",
+        "(Micro-benchmark tables rerun alone; harness sections below are"
+        " from their own runs, each dated.)",
+    ]
+    REPORT.write_text("\n".join([*new[: at + 2], *kept, *new[at + 2 :]]))
+    print(f"updated {REPORT.relative_to(ROOT)}")
+    return code
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["--only"] and len(argv) == 2:
         return run_only(argv[1].split(","))
+    if argv[:1] == ["--micro"]:
+        return run_micro(argv[1:])
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path = RESULTS / "core.json"
     start = time.monotonic()

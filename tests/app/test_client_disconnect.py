@@ -58,9 +58,16 @@ def test_a_client_dropping_mid_body_is_logged_at_info_and_not_a_5xx(
     app = create_app(settings)
     with TestClient(app) as client, caplog.at_level(logging.INFO):
         if idempotent:
+            from app import accounts
             from app.auth import Principal
 
-            token = app.state.tokens.issue(Principal(1, 1, "user@example.com"))
+            async def user() -> tuple[int, int]:  # a real one: tokens of unknown users are refused
+                async with app.state.db.begin() as conn:
+                    org = await accounts.create_org(conn, "Acme")
+                    return await accounts.create_user(conn, org, "u@example.com", "pw-123456"), org
+
+            uid, org = client.portal.call(user)  # type: ignore[union-attr]
+            token = app.state.tokens.issue(Principal(uid, org, "u@example.com"))
             headers = [(b"authorization", f"Bearer {token}".encode()), (b"idempotency-key", b"k")]
             path = "/v1/finance/expenses"
         else:

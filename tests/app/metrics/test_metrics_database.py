@@ -33,4 +33,4 @@ def test_a_replica_url_naming_a_primary_is_not_a_lag(api_factory: Any, pg_databa
     assert "not in recovery" in db["replica_reason"]
     assert db["replicas"][0]["up"] is False
     assert db["routed_reads"]["replica"] == 0 and db["routed_reads"]["fallbacks"]["down"] >= 1
-    assert db["pool"]["size"] == 10 and db["replica_pool"]["size"] == 10
+    assert db["pool"]["size"] == 20 and db["replica_pool"]["size"] == 10  # storage.py
