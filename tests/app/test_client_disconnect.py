@@ -58,9 +58,16 @@ def test_a_client_dropping_mid_body_is_logged_at_info_and_not_a_5xx(
     app = create_app(settings)
     with TestClient(app) as client, caplog.at_level(logging.INFO):
         if idempotent:
+            from app import accounts
             from app.auth import Principal
 
-            token = app.state.tokens.issue(Principal(1, 1, "user@example.com"))
+            async def tenant() -> Principal:
+                async with app.state.db.begin() as conn:
+                    org = await accounts.create_org(conn, "Drop")
+                    user = await accounts.create_user(conn, org, "drop@example.com", "pw-123456")
+                return Principal(user, org, "drop@example.com")
+
+            token = app.state.tokens.issue(client.portal.call(tenant))  # type: ignore[union-attr]
             headers = [(b"authorization", f"Bearer {token}".encode()), (b"idempotency-key", b"k")]
             path = "/v1/finance/expenses"
         else:
