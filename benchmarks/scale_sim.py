@@ -79,6 +79,7 @@ from benchmarks.ws_load import (
     free_port,
     pct,
     rss_kb,
+    seed_bench_users,
     stop,
     wait_port,
 )
@@ -334,6 +335,7 @@ def serve(args: argparse.Namespace) -> None:
         realtime_history_age_s=args.history_age_s,
         log_level="warning",
     )
+    seed_bench_users(settings.database_url, range(1, args.orgs + 1))
     app = create_app(settings)
 
     async def main() -> None:

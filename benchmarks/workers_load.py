@@ -61,6 +61,7 @@ from benchmarks.ws_load import (
     pct,
     redis_env,
     rss_kb,
+    seed_bench_users,
     stop,
     token_for,
     wait_port,
@@ -354,6 +355,7 @@ def run_setup(name: str, args: argparse.Namespace) -> Row:
     publisher: Publisher | None = None
     try:
         server.wait_ready()
+        seed_bench_users(f"sqlite+aiosqlite:///{server.dir}/db.sqlite", range(1, args.orgs + 1))
         worker_pids = server.worker_pids()
         idle_sockets = {pid: sockets(pid) for pid in worker_pids}
         clients = Clients("streamcore", server.port, args.clients, args.client_procs, args.orgs)

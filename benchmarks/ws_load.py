@@ -99,6 +99,45 @@ def orgjson(orjson: Any, org: int, key: str, n: int, now: float) -> bytes:
 # -- servers -------------------------------------------------------------------------------------
 
 
+def seed_bench_users(database_url: str, orgs: Any) -> None:
+    """Make the org and the user each bench token names (both ids = the org's).
+
+    Authentication refuses a signed token whose user does not exist, so the tokens token_for
+    mints need these rows. Rows already there (a demo org 1) are left as they are.
+    """
+    from app import storage
+
+    ids = sorted(set(int(o) for o in orgs))
+
+    async def run() -> None:
+        engine = storage.create_engine(database_url)
+        try:
+            await storage.migrate(engine)
+            now = storage.utcnow()
+            async with engine.begin() as conn:
+                await conn.execute(
+                    storage.orgs.insert().prefix_with("OR IGNORE"),
+                    [{"id": o, "name": f"bench-{o}", "created_at": now} for o in ids],
+                )
+                await conn.execute(
+                    storage.users.insert().prefix_with("OR IGNORE"),
+                    [
+                        {
+                            "id": o,
+                            "org_id": o,
+                            "email": f"u{o}@bench",
+                            "password_hash": "!",  # no password logs in as a bench user
+                            "created_at": now,
+                        }
+                        for o in ids
+                    ],
+                )
+        finally:
+            await engine.dispose()
+
+    asyncio.run(run())
+
+
 def serve_streamcore(port: int, args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
@@ -117,6 +156,7 @@ def serve_streamcore(port: int, args: argparse.Namespace) -> None:
         window_min_ms=args.window_ms or 30.0,
         window_max_ms=args.window_ms or 150.0,
     )
+    seed_bench_users(settings.database_url, range(1, args.orgs + 1))
     app = create_app(settings)
 
     def emit(org: int, key: str, payload: bytes) -> None:
