@@ -201,7 +201,8 @@ def _instructions(case: str, rounds: int, out: Path) -> int:
         case,
         str(rounds),
     ]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    # One BLAS thread: numpy's idle worker threads spin, and callgrind would count their spinning.
+    env = {**os.environ, "PYTHONHASHSEED": "0", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     part = out.with_name(out.name + ".1")  # the dump at the second marker
     found = re.search(r"^summary: (\d+)$", part.read_text(), re.M) if part.exists() else None
