@@ -127,14 +127,12 @@ def decode_header(data: bytes) -> FrameHeader:
     if kind > FrameKind.CONTROL:
         raise CorruptDataError(f"unknown frame kind {kind} in frame header")
     if flags:
-        raise CorruptDataError(f"reserved flags set (0x{flags:02x}): must be 0 in version {VERSION}")
+        raise CorruptDataError(f"reserved flags set (0x{flags:02x}): must be 0")
     if reserved:
         raise CorruptDataError(f"reserved header bytes set (0x{reserved:04x}): must be 0")
     if first_seq > seq:
         raise CorruptDataError(f"first_seq {first_seq} is beyond seq {seq}")
-    return FrameHeader(
-        seq, Codec(codec), FrameKind(kind), count, raw_length, len(buf), first_seq
-    )
+    return FrameHeader(seq, Codec(codec), FrameKind(kind), count, raw_length, len(buf), first_seq)
 
 
 def decode_frame_raw(

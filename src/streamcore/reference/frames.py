@@ -117,9 +117,7 @@ class ReferenceFrameEncoder:
         wire_body: bytes,
         applied: Codec,
     ) -> bytes:
-        header = HEADER.pack(
-            MAGIC, VERSION, applied, kind, 0, 0, seq, first_seq, count, len(body)
-        )
+        header = HEADER.pack(MAGIC, VERSION, applied, kind, 0, 0, seq, first_seq, count, len(body))
         self.frames += 1
         self.compressed_frames += applied is not Codec.NONE
         self.raw_bytes += len(header) + len(body)
