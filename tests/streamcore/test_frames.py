@@ -211,7 +211,7 @@ def test_first_seq_defaults_to_seq_and_may_not_pass_it() -> None:
         ).first_seq
         == 3
     )
-    with pytest.raises(StreamcoreValueError, match="first_seq must be in 0..seq"):
+    with pytest.raises(StreamcoreValueError, match=r"first_seq must be in 0\.\.seq"):
         encoder.encode(9, [b"1"], first_seq=10)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import uuid
 from pathlib import Path
@@ -80,7 +81,7 @@ def test_a_client_resumes_on_another_instance_with_nothing_lost_or_repeated(
                 assert (await publish(a.http, token, facts[25:])).status_code == 202
                 rest = await frames_until(on_b, 20)
             assert rest[0].first_seq == last_seq + 1
-            assert all(y.first_seq == x.seq + 1 for x, y in zip(rest, rest[1:], strict=False))
+            assert all(y.first_seq == x.seq + 1 for x, y in itertools.pairwise(rest))
             assert [e["data"] for f in rest for e in f.events] == list(range(10, 30))
 
         asyncio.run(scenario())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import socket
 from typing import Any
 
@@ -210,7 +211,7 @@ async def test_coalesce_policy_merges_what_waits_and_keeps_every_fact(rt_factory
     # A merged frame says what it stands for in its header: a wider range, and no hole.
     events = [f for f in client_frames if f.kind == FrameKind.EVENTS]
     assert any(f.seq - f.first_seq > 3 for f in events)
-    assert all(b.first_seq == a.seq + 1 for a, b in zip(events, events[1:], strict=False))
+    assert all(b.first_seq == a.seq + 1 for a, b in itertools.pairwise(events))
     await stalled.close()
 
 

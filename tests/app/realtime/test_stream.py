@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import httpx2
@@ -75,7 +76,7 @@ async def test_non_conflatable_events_all_arrive_in_order(srv: Any) -> None:
         assert got == list(range(sent))
         # Positions, not windows: the frames cover 1..300 with no hole and no overlap.
         assert frames[0].first_seq == 1 and frames[-1].seq == sent
-        assert all(b.first_seq == a.seq + 1 for a, b in zip(frames, frames[1:], strict=False))
+        assert all(b.first_seq == a.seq + 1 for a, b in itertools.pairwise(frames))
 
 
 async def test_small_frames_go_raw_and_large_ones_compressed(srv: Any) -> None:
