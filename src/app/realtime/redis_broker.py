@@ -140,6 +140,7 @@ class RedisBroker:
         # (enqueued at, event); events leave only once Redis has them, or are counted lost.
         self._outbox: deque[tuple[float, Event]] = deque()
         self._lost_orgs: dict[int, int] = {}  # org -> events lost, whose marker is not out yet
+        self._head_dropped = 0
         self._wake = asyncio.Event()
         self._orgs: dict[int, _Org] = {}
         self._pubsub: Any = None
@@ -185,6 +186,7 @@ class RedisBroker:
         """The EventBus sink for committed writes: queue for Redis (synchronous, never raises)."""
         if len(self._outbox) >= self._outbox_max:
             _, dropped = self._outbox.popleft()
+            self._head_dropped += 1  # the sender may hold it in flight: it must not pop twice
             self._lose(dropped.org_id, 1)
         self._outbox.append((self.clock(), event))
         self._wake.set()
@@ -245,8 +247,9 @@ class RedisBroker:
                 n = min(len(self._outbox), PUBLISH_BATCH_MAX)
                 if n:
                     batch = [self._outbox[i][1] for i in range(n)]
+                    dropped = self._head_dropped
                     await self._send(by_org(batch))
-                    for _ in range(n):
+                    for _ in range(max(0, n - (self._head_dropped - dropped))):
                         self._outbox.popleft()
                 backoff = 0.05
             except asyncio.CancelledError:
