@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -32,6 +34,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
         flush_budget=settings.window_flush_budget,
     )
     hub.bind(asyncio.get_running_loop())
+    hub.instance = f"{socket.gethostname()}:{os.getpid()}"
     app.state.hub = hub
     stack.callback(hub.close)
 

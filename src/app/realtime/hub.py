@@ -242,6 +242,7 @@ class Hub:
         self.window_lengths = Histogram()
         self.delivery = Histogram()
         self.source: Source | None = None  # set by whoever makes the broker (realtime.start)
+        self.instance = ""  # named in hello, so a client (and an operator) knows where it is
         self._orgs: dict[int, OrgStream] = {}
         self._channels: dict[ChannelKey, Channel] = {}
         self._by_sched: dict[int, Channel] = {}
@@ -476,6 +477,7 @@ class Hub:
                     "seq": ch.seq,
                     "codec": conn.codec.name.lower(),
                     "connection_id": conn.id,
+                    "instance": self.instance,
                     "protocol": 2,
                 }
             )
