@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from app_support import Api
 from prometheus_client.parser import text_string_to_metric_families

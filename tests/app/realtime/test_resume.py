@@ -12,7 +12,7 @@ from support import frames_until, hello, next_frame, open_ws, publish
 from waiting import eventually_async
 from websockets.asyncio.client import connect
 
-from app.client import Reset, StreamClient
+from streamcore.client import Reset, StreamClient
 from streamcore.protocol import FrameKind
 
 FAST = {"window_min_ms": 20.0, "window_max_ms": 20.0}

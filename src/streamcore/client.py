@@ -12,23 +12,26 @@ and the last position it applied, reconnects with resume (the server replays wha
 answers `reset`) and never applies a frame across a gap (docs/PROTOCOL.md, version 2). Give it
 several URLs (one per instance) and it moves to the next when one cannot be reached: positions
 mean the same on every instance, so it resumes wherever it lands.
+
+It needs only websockets and zstandard (`pip install "streamcore[client]"`): no compiled engine,
+no server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streamcore.protocol import FrameKind, decode_frame
+from .protocol import FrameKind, decode_frame
 
 # Close codes after which reconnecting cannot help.
 FATAL_CLOSE_CODES = {1008}
@@ -119,8 +122,8 @@ class StreamClient:
             )
         except InvalidStatus as exc:
             body: Any = exc.response.body
-            with contextlib.suppress(orjson.JSONDecodeError):
-                body = orjson.loads(body or b"")
+            with contextlib.suppress(ValueError):
+                body = json.loads(body or b"")
             raise StreamRefused(exc.response.status_code, body) from None
         self.connects += 1
         self._ws = ws
