@@ -36,6 +36,9 @@ class Conflator:
         """Add conflatable events keyed by a C-contiguous int64 buffer; payloads checked first."""
     def drain(self) -> list[bytes]:
         """Return the window's payloads in slot order and start a new window (counters are kept)."""
+    def drain_keyed(self) -> tuple[list[bytes], list[str | int | None]]:
+        """Return (payloads, keys) in slot order and start a new window; keys[i] is None for an
+        event kept as it came (unkeyed or not conflatable)."""
     def __len__(self) -> int:
         """Number of slots waiting in the window."""
     @property

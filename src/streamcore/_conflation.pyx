@@ -772,6 +772,30 @@ cdef class Conflator:
             self._index = {}
         return out
 
+    def drain_keyed(self):
+        """Return (payloads, keys) in slot order and start a new window.
+
+        keys[i] is the key payloads[i] conflated on, None for the events kept as they came
+        (unkeyed or not conflatable): a later re-conflation needs no parsing to find them.
+        """
+        cdef Py_ssize_t n = self._count
+        cdef size_t v
+        cdef list keys
+        if self._busy:
+            raise _in_use(self)
+        self._busy = True  # allocating may run other threads' Python code
+        try:
+            keys = [None] * n
+            for v in range(self._strs.count):
+                keys[self._strs.entries[v].slot] = <object>self._strs.entries[v].key
+            for v in range(self._map.count):
+                keys[<Py_ssize_t>self._map.pairs[v].value] = self._map.pairs[v].key
+            for key, slot in self._index.items():
+                keys[slot] = key
+        finally:
+            self._busy = False
+        return self.drain(), keys
+
     def __len__(self):
         return self._count
 

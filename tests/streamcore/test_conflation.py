@@ -575,3 +575,27 @@ def test_bad_mode(mode, error):
 def test_default_mode_is_latest():
     assert Conflator().mode == "latest"
     assert ReferenceConflator().mode == "latest"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(keys, payloads.filter(bool), st.booleans()), max_size=60))
+def test_drain_keyed_names_each_slots_key_and_none_for_what_was_kept_as_it_came(events):
+    c = Conflator()
+    slots: list[list] = []  # [key or None, payload], in slot order
+    index: dict = {}
+    for key, payload, conflatable in events:
+        c.push(key, payload, conflatable)
+        if key is None or not conflatable:
+            slots.append([None, payload])
+            continue
+        at = index.get((type(key), key))
+        if at is None:
+            index[(type(key), key)] = len(slots)
+            slots.append([key, payload])
+        else:
+            slots[at][1] = payload
+    payloads_out, keys_out = c.drain_keyed()
+    assert payloads_out == [p for _, p in slots]
+    assert keys_out == [k for k, _ in slots]
+    assert [type(k) for k in keys_out] == [type(k) for k, _ in slots]
+    assert len(c) == 0 and c.drain_keyed() == ([], [])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamcore import Codec, FrameEncoder, FrameKind
 
-from .frames import Frame, coalesce_payloads
+from .frames import Frame, coalesce
 from .ws_protocol import PreparedSender
 
 if TYPE_CHECKING:
@@ -248,8 +248,7 @@ class Connection:
         if len(events) < 2:
             return False
         # One frame covering the whole range: the header says so, no note needed.
-        merged = coalesce_payloads(events)
-        frame = Frame(events[0].first_seq, events[-1].seq, FrameKind.EVENTS, merged)
+        frame = coalesce(events)
         size = len(frame.data(self.codec, self._encoder))
         # The hard bound: one merged frame that alone exceeds the byte budget cannot be helped.
         if size > self._max_bytes:

@@ -10,10 +10,12 @@ import sys
 
 import orjson
 
-from streamcore import Codec, Conflator, FrameEncoder
+from streamcore import Codec, Conflator, FrameEncoder, FrameKind
 from streamcore.protocol import decode_frame
 
 from .ws_protocol import ws_header
+
+Key = str | int | None  # what an event conflates on; None: kept as it came
 
 
 class Frame:
@@ -28,6 +30,7 @@ class Frame:
         kind: int,
         payloads: list[bytes] | None,
         data: dict[int, bytes] | None = None,
+        keys: list[Key] | None = None,
     ) -> None:
         self.first_seq = first_seq  # an events frame covers positions first_seq..seq
         self.seq = seq
@@ -35,16 +38,16 @@ class Frame:
         self._payloads = payloads
         self._data: dict[int, bytes] = data or {}
         self._wire: dict[Codec, bytes] = {}
-        self._keys: list[str | None] | None = None
+        # Each event's conflation key beside it (None: kept as it came), from the conflator that
+        # built the frame: re-conflating a lagging socket's queue parses no JSON to find them.
+        none: list[Key] = [None] * len(payloads or ())
+        self._keys = keys if keys is not None else none
 
     def rebased(self, first_seq: int) -> Frame:
         """The same events, covering positions from first_seq (after a replay that found none)."""
-        return Frame(first_seq, self.seq, self.kind, self.payloads)
+        return Frame(first_seq, self.seq, self.kind, self.payloads, keys=self._keys)
 
-    def keys(self) -> list[str | None]:
-        """Each event's conflation key (None: keep it), parsed once for every lagging socket."""
-        if self._keys is None:
-            self._keys = conflation_keys(self.payloads)
+    def keys(self) -> list[Key]:
         return self._keys
 
     @property
@@ -93,28 +96,11 @@ class Frame:
         return wire
 
 
-def conflation_keys(payloads: list[bytes]) -> list[str | None]:
-    """The key each event conflates on, None for the ones that must all be kept.
-
-    An event is conflatable when its envelope has a "key" and not "conflatable": false
-    (events.state() and POST /v2/realtime/publish build envelopes that way).
-    """
-    keys: list[str | None] = []
-    for payload in payloads:
-        try:
-            head = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            head = None
-        key = head.get("key") if isinstance(head, dict) else None
-        keyed = isinstance(key, str) and head.get("conflatable", True) is not False
-        keys.append(key if keyed else None)
-    return keys
-
-
-def coalesce_payloads(frames: list[Frame]) -> list[bytes]:
+def coalesce(frames: list[Frame]) -> Frame:
     """Merge several windows into one: conflatable events by key (latest wins), facts all kept."""
     conflator = Conflator()
     for frame in frames:
         for key, payload in zip(frame.keys(), frame.payloads, strict=True):
             conflator.push(key, payload, key is not None)
-    return conflator.drain()
+    payloads, keys = conflator.drain_keyed()
+    return Frame(frames[0].first_seq, frames[-1].seq, FrameKind.EVENTS, payloads, keys=keys)

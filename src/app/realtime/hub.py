@@ -37,7 +37,7 @@ from streamcore import (
 
 from ..events import Event
 from .broker import Batch, History, HistoryUnavailable, Position
-from .frames import Frame
+from .frames import Frame, Key
 
 log = logging.getLogger("app.realtime")
 
@@ -418,13 +418,13 @@ class Hub:
             ch = self._by_sched.get(sched_id)
             if ch is None or ch.conflator is None:
                 continue
-            payloads = ch.conflator.drain()
+            payloads, keys = ch.conflator.drain_keyed()
             if payloads:
-                self._emit(ch, payloads, now)
+                self._emit(ch, payloads, keys, now)
                 built += 1
         return built
 
-    def _emit(self, ch: Channel, payloads: list[bytes], now: float) -> None:
+    def _emit(self, ch: Channel, payloads: list[bytes], keys: list[Key], now: float) -> None:
         first, ch.seq = ch.seq + 1, ch.org.position
         self.metrics.frames_flushed += 1
         self.metrics.events_out += len(payloads)
@@ -432,7 +432,12 @@ class Hub:
             codecs = [c for c, subs in ch.subscribers.items() if subs]
             data = self.encoder.encode_many(ch.seq, payloads, codecs, first_seq=first)
             frame = Frame(
-                first, ch.seq, FrameKind.EVENTS, payloads, {int(c): b for c, b in data.items()}
+                first,
+                ch.seq,
+                FrameKind.EVENTS,
+                payloads,
+                {int(c): b for c, b in data.items()},
+                keys,
             )
             limit = self.send_buffer_limit
             for codec, subs in ch.subscribers.items():
@@ -565,8 +570,7 @@ class Hub:
                 if built:
                     frames.extend(built)
                 elif frames:  # this stretch selected nothing: the previous frame covers it
-                    last = frames[-1]
-                    frames[-1] = Frame(last.first_seq, at, FrameKind.EVENTS, last.payloads)
+                    frames[-1] = _widened(frames[-1], at)
             if at >= end and at >= start:
                 break
             # The read stopped short (it is bounded), or the held frames moved: go on from `at`.
@@ -620,13 +624,12 @@ class Hub:
                     event.key if event.conflatable else None, event.payload, event.conflatable
                 )
                 if len(conflator) >= REPLAY_FRAME_EVENTS:
-                    frames.append(Frame(first, reached, FrameKind.EVENTS, conflator.drain()))
+                    frames.append(_events_frame(first, reached, conflator))
                     first = reached + 1
         if len(conflator):
-            frames.append(Frame(first, reached, FrameKind.EVENTS, conflator.drain()))
+            frames.append(_events_frame(first, reached, conflator))
         elif frames and reached > frames[-1].seq:
-            last = frames[-1]  # the tail selected nothing: the last frame covers it
-            frames[-1] = Frame(last.first_seq, reached, FrameKind.EVENTS, last.payloads)
+            frames[-1] = _widened(frames[-1], reached)  # the tail selected nothing: it covers it
         return frames, reached
 
     def unsubscribe(self, conn: Any) -> None:
@@ -660,3 +663,12 @@ class Hub:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _events_frame(first: int, seq: int, conflator: Conflator) -> Frame:
+    payloads, keys = conflator.drain_keyed()
+    return Frame(first, seq, FrameKind.EVENTS, payloads, keys=keys)
+
+
+def _widened(frame: Frame, seq: int) -> Frame:
+    return Frame(frame.first_seq, seq, FrameKind.EVENTS, frame.payloads, keys=frame.keys())
