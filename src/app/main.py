@@ -10,9 +10,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import (
+    apidocs,
     auth,
     cache,
     edge,
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *finance.operations,
         *realtime.operations,
         *metrics.operations(settings),
+        *apidocs.operations,
         Operation(
             "GET",
             "/openapi.json",
@@ -190,7 +193,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*routes(operations), *realtime.websocket_routes],
+        routes=[
+            *routes(operations),
+            *realtime.websocket_routes,
+            Mount("/docs/assets", app=apidocs.Assets()),  # the API page's files (app/apidocs.py)
+        ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

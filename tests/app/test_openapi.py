@@ -103,6 +103,7 @@ CASES: dict[tuple[str, str], dict[int, Case]] = {
         503: lambda api, t: api.degraded.get("/readyz"),  # type: ignore[union-attr]
     },
     ("get", "/openapi.json"): {200: lambda api, t: api.client.get("/openapi.json")},
+    ("get", "/docs"): {200: lambda api, t: api.client.get("/docs")},
     ("post", "/auth/login"): {
         200: login("acme@example.com", "correct horse battery"),
         400: lambda api, t: api.client.post(
