@@ -129,6 +129,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     await client.ping()
 
                 app.state.readiness_checks["redis"] = redis_ready
+                # One failed-login count for every instance on this Redis (docs/API.md, Auth).
+                app.state.login_throttle = auth.SharedLoginThrottle(
+                    client, settings.login_redis_prefix, app.state.login_throttle
+                )
             # No readiness check of its own: reads go to the primary while no standby can serve.
             app.state.replicas = await replicas.start(app, settings, stack)
             app.state.summary_cache = cache.SummaryCache(
