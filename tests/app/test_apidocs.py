@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
+from pathlib import Path
 
+import pytest
 from app_support import Api
+from processes import ServeProcess, server_env
 
 from app import apidocs
 
@@ -82,3 +87,27 @@ def test_the_asset_urls_change_with_their_content() -> None:
     # A year-long cache is safe only if new content gets a new URL.
     assert re.fullmatch(r"init-[0-9a-f]{12}\.js", apidocs.INIT_NAME)
     assert apidocs.INIT_NAME in apidocs.PAGE
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a headless Chromium")
+def test_a_browser_renders_every_operation(tmp_path: Path) -> None:
+    # A real server and a real browser, which enforces the page's CSP: had the page needed a
+    # file from elsewhere (this machine reaches no CDN anyway), nothing would render.
+    server = ServeProcess(tmp_path, server_env(tmp_path), "server")
+    try:
+        dom = subprocess.run(
+            [
+                *("chromium", "--headless=new", "--no-sandbox", "--disable-gpu"),
+                *("--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}"),
+                *("--virtual-time-budget=10000", "--dump-dom", f"{server.http}/docs"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        document = server.get("/openapi.json").json()
+    finally:
+        server.stop()
+    rendered = set(re.findall(r'class="opblock-summary-path" data-path="([^"]+)"', dom))
+    assert rendered == set(document["paths"]), dom[:2000]
