@@ -431,7 +431,7 @@ class Ledger:
             where.append(self.date >= query.from_)
         if query.to:
             where.append(self.date < query.to)
-        if query.cursor:
+        if query.cursor is not None:  # an empty one is outside the pattern too: a 400
             after_date, after_id = decode_cursor(query.cursor)
             where.append(
                 or_(self.date < after_date, and_(self.date == after_date, t.c.id < after_id))

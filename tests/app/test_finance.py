@@ -506,7 +506,7 @@ def test_reads_need_a_token(api: Api, path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "cursor", ["garbage!", "bm90LWpzb24", "1.", ".1", "-5.1", "1.2.3", "1" * 18 + ".1", "1.1 "]
+    "cursor", ["", "garbage!", "bm90LWpzb24", "1.", ".1", "-5.1", "1.2.3", "1" * 18 + ".1", "1.1 "]
 )
 def test_a_cursor_the_api_did_not_issue_is_400(api: Api, cursor: str) -> None:
     # Anything outside the documented pattern; every string inside it is a position.
