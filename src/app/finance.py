@@ -103,14 +103,24 @@ Id = JsonId
 
 
 class _Camel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+# Lengths count the text as sent and a category must not be blank, so the document can state
+# both (JSON Schema cannot say "after trimming"); the blanks around it are dropped when stored.
+# An explicit set: Python's str.strip, pydantic's \s and JSON Schema's \s differ at the edges.
+BLANKS = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
 
 
 class _EntryIn(_Camel):
     property_id: Id
-    category: str = Field(min_length=1, max_length=64)
+    category: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Not blank; blanks around it are dropped.",
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
     amount_cents: StrictInt = Field(
         gt=0,
         le=MAX_AMOUNT_LIMIT,  # the hard ceiling; the deployment's setting is checked below
@@ -120,6 +130,19 @@ class _EntryIn(_Camel):
     currency: Currency
     description: str = Field(default="", max_length=1000)
     payment_mode: PaymentMode
+
+    @field_validator("category")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip(BLANKS)
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _trimmed(cls, value: str) -> str:
+        return value.strip(BLANKS)
 
     @field_validator("amount_cents", mode="before")
     @classmethod

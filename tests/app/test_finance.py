@@ -704,3 +704,30 @@ def test_an_amount_out_of_range_names_the_bounds(sqlite_api: Any, amount: float)
         "field": "amountCents",
         "message": f"must be a whole number from 1 to {limit}",
     }
+
+
+@pytest.mark.parametrize(
+    ("category", "status", "stored"),
+    [
+        ("  rent \n", 201, "rent"),
+        ("\t", 422, None),
+        ("\x0b\x0c", 422, None),
+        ("c" * 63 + " ", 201, "c" * 63),
+        (" " + "c" * 64, 422, None),  # 65 as sent: lengths count what the client sent
+    ],
+)
+def test_categories_are_measured_as_sent_and_stored_trimmed(
+    sqlite_api: Api, category: str, status: int, stored: str | None
+) -> None:
+    a = sqlite_api.tenant("Acme")
+    r = post(sqlite_api, "expenses", a, expense(a, category=category))
+    assert r.status_code == status, r.text
+    if stored is not None:
+        assert r.json()["category"] == stored
+    # The document says the same of each (pattern and lengths on the raw text).
+    schema = sqlite_api.client.get("/openapi.json").json()["components"]["schemas"]["ExpenseIn"]
+    rule = schema["properties"]["category"]
+    valid = bool(re.search(rule["pattern"], category)) and (
+        rule["minLength"] <= len(category) <= rule["maxLength"]
+    )
+    assert valid == (status == 201)
