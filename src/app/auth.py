@@ -6,13 +6,16 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import secrets
 import time
+import uuid
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio.to_thread
 import jwt
@@ -20,12 +23,14 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
 from . import accounts
 from .errors import InvalidToken, TooManyRequests, Unauthorized
 from .openapi import Operation
+from .redis_client import Breaker
 from .responses import OrjsonResponse
 from .validation import read_json
 
@@ -153,7 +158,8 @@ def authenticate(request: Request) -> Principal:
 class LoginThrottle:
     """Count failed logins per (client, email) in a sliding window; refuse past the limit.
 
-    In-process and bounded: enough to stop one process being used to guess passwords.
+    In-process and bounded: enough to stop one process being used to guess passwords. With
+    REDIS_URL, SharedLoginThrottle keeps the count for every instance and this one backs it up.
     """
 
     MAX_KEYS = 100_000
@@ -185,6 +191,101 @@ class LoginThrottle:
     def succeeded(self, key: tuple[str, str]) -> None:
         self._failures.pop(key, None)
 
+    async def check(self, key: tuple[str, str]) -> int:
+        """retry_after, as the login endpoint awaits it of either throttle."""
+        return self.retry_after(key)
+
+    async def record(self, key: tuple[str, str], ok: bool) -> None:
+        """Count a failure, or forget the key's failures after a success."""
+        if ok:
+            self.succeeded(key)
+        else:
+            self.failed(key)
+
+
+# Both scripts read the Redis server's clock, so instances whose clocks differ share one window.
+# A failure is a member of the key's sorted set, scored in ms; past the window it is dropped.
+_CHECK = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then return 0 end
+local oldest = tonumber(redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2])
+return math.max(1, math.floor((oldest + window - now) / 1000) + 1)
+"""
+_FAIL = """
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local window = tonumber(ARGV[1])
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[2]) + 1))
+redis.call('PEXPIRE', KEYS[1], window)
+return 0
+"""
+
+
+class SharedLoginThrottle:
+    """The login throttle's count in Redis: N instances on one REDIS_URL allow 5 guesses, not N*5.
+
+    Keys hold a hash of (client, email), never the email. The process's own LoginThrottle counts
+    every failure too; while Redis cannot answer (skipped for PAUSE_S after an error, logged once
+    per outage) it decides, so logins go on and an outage does not forget what this process saw.
+    """
+
+    PAUSE_S = 5.0
+
+    def __init__(self, client: Any, prefix: str, local: LoginThrottle) -> None:
+        self._prefix = prefix
+        self.local = local
+        self._window_ms = int(local.window_s * 1000)
+        self._check = client.register_script(_CHECK)
+        self._fail = client.register_script(_FAIL)
+        self._delete = client.delete
+        self._breaker = Breaker(
+            log,
+            "login throttle: Redis unavailable, counting in this process only",
+            "login throttle: Redis answers again, counts shared",
+        )
+
+    def _key(self, key: tuple[str, str]) -> str:
+        digest = hashlib.sha256("\0".join(key).encode()).hexdigest()[:32]
+        return f"{self._prefix}{digest}"
+
+    async def check(self, key: tuple[str, str]) -> int:
+        local = self.local.retry_after(key)
+        if not self._breaker.usable():
+            return local
+        try:
+            shared = int(
+                await self._check(
+                    keys=[self._key(key)], args=[self._window_ms, self.local.max_failures]
+                )
+            )
+        except RedisError as exc:
+            self._breaker.failed(exc, self.PAUSE_S)
+            return local
+        self._breaker.ok()
+        return shared  # the count of every instance, a success anywhere included
+
+    async def record(self, key: tuple[str, str], ok: bool) -> None:
+        await self.local.record(key, ok)
+        if not self._breaker.usable():
+            return
+        try:
+            if ok:
+                await self._delete(self._key(key))
+            else:
+                await self._fail(
+                    keys=[self._key(key)],
+                    args=[self._window_ms, self.local.max_failures, uuid.uuid4().hex],
+                )
+        except RedisError as exc:
+            self._breaker.failed(exc, self.PAUSE_S)
+            return
+        self._breaker.ok()
+
 
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -206,9 +307,9 @@ async def login(request: Request) -> Response:
     """Exchange email and password for a bearer token."""
     body = await read_json(request, LoginRequest)
     email = body.email.strip().lower()
-    throttle: LoginThrottle = request.app.state.login_throttle
+    throttle: LoginThrottle | SharedLoginThrottle = request.app.state.login_throttle
     key = (request.client.host if request.client else "?", email)
-    wait = throttle.retry_after(key)
+    wait = await throttle.check(key)
     if wait:
         raise TooManyRequests(
             "Too many failed logins; try again later.",
@@ -219,10 +320,10 @@ async def login(request: Request) -> Response:
     stored_hash = user.password_hash if user else _dummy_hash()
     ok = await anyio.to_thread.run_sync(verify_password, stored_hash, body.password)
     if not (ok and user):
-        throttle.failed(key)
+        await throttle.record(key, ok=False)
         log.info("login failed")  # neither the email nor the password is logged
         raise Unauthorized("Email or password is incorrect.", code="invalid_credentials")
-    throttle.succeeded(key)
+    await throttle.record(key, ok=True)
     tokens: Tokens = request.app.state.tokens
     token = tokens.issue(Principal(user.id, user.org_id, user.email))
     return OrjsonResponse(

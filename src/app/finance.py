@@ -6,8 +6,6 @@ Money is integer minor units end to end; totals are grouped by currency in SQL.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import re
 from typing import Annotated, Any, Literal
@@ -43,9 +41,21 @@ from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
 from .storage import expenses, property_totals, revenues, utcnow
-from .validation import INSTANT_PATTERN, iso_instant, read_json, read_query, whole_number
+from .validation import (
+    INSTANT_PATTERN,
+    MAX_ID,
+    JsonId,
+    iso_instant,
+    read_json,
+    read_query,
+    whole_number,
+)
 
-MAX_ID = 2**63 - 1
+# A cursor is "<microseconds since 1899-12-31Z>.<id>" (1900-01-01 at +23:59 is later): 17 digits
+# reach the year 5068, inside what datetime and both databases hold, so every match decodes.
+CURSOR_EPOCH = dt.datetime(1899, 12, 31, tzinfo=dt.UTC)
+CURSOR_PATTERN = r"^([0-9]{1,17})\.([0-9]{1,19})$"
+_CURSOR = re.compile(CURSOR_PATTERN)
 PaymentMode = Literal["cash", "upi", "card", "bank_transfer", "cheque", "other"]
 
 
@@ -89,18 +99,28 @@ QueryInstant = Annotated[
     AfterValidator(_plausible),
     WithJsonSchema(_INSTANT_SCHEMA),
 ]
-Id = Annotated[StrictInt, Field(gt=0, le=MAX_ID)]
+Id = JsonId
 
 
 class _Camel(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", str_strip_whitespace=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+# Lengths count the text as sent and a category must not be blank, so the document can state
+# both (JSON Schema cannot say "after trimming"); the blanks around it are dropped when stored.
+# An explicit set: Python's str.strip, pydantic's \s and JSON Schema's \s differ at the edges.
+BLANKS = " \t\n\r\f\v"
+NOT_BLANK = r"[^ \t\n\r\f\v]"
 
 
 class _EntryIn(_Camel):
     property_id: Id
-    category: str = Field(min_length=1, max_length=64)
+    category: str = Field(
+        min_length=1,
+        max_length=64,
+        description="Not blank; blanks around it are dropped.",
+        json_schema_extra={"pattern": NOT_BLANK},
+    )
     amount_cents: StrictInt = Field(
         gt=0,
         le=MAX_AMOUNT_LIMIT,  # the hard ceiling; the deployment's setting is checked below
@@ -110,6 +130,19 @@ class _EntryIn(_Camel):
     currency: Currency
     description: str = Field(default="", max_length=1000)
     payment_mode: PaymentMode
+
+    @field_validator("category")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        value = value.strip(BLANKS)
+        if not value:
+            raise ValueError("must not be blank")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _trimmed(cls, value: str) -> str:
+        return value.strip(BLANKS)
 
     @field_validator("amount_cents", mode="before")
     @classmethod
@@ -187,20 +220,21 @@ class _Period(BaseModel):
     from_: QueryInstant | None = Field(
         default=None, alias="from", description="Inclusive start (ISO 8601 with offset)."
     )
-    to: QueryInstant | None = Field(default=None, description="Exclusive end.")
-
-    @field_validator("to")
-    @classmethod
-    def _after_from(cls, value: dt.datetime | None, info: ValidationInfo) -> dt.datetime | None:
-        start = info.data.get("from_")
-        if value is not None and start is not None and start >= value:
-            raise ValueError("must be after from")
-        return value
+    # No cross-field rule, so the document states every rule: [from, to) with to at or before
+    # from is an empty period (no items, zero totals), as the half-open interval says.
+    to: QueryInstant | None = Field(
+        default=None, description="Exclusive end; at or before from, the period is empty."
+    )
 
 
 class ListQuery(_Period):
     property_id: Annotated[int, Field(gt=0, le=MAX_ID)] | None = None
-    cursor: str | None = Field(default=None, max_length=200)
+    cursor: str | None = Field(
+        default=None,
+        description="nextCursor of the previous page (same filters); opaque to clients.",
+        # Documented here, checked by decode_cursor: one outside it is 400 invalid_cursor.
+        json_schema_extra={"pattern": CURSOR_PATTERN},
+    )
     limit: int | None = Field(
         default=None,
         ge=1,
@@ -420,7 +454,7 @@ class Ledger:
             where.append(self.date >= query.from_)
         if query.to:
             where.append(self.date < query.to)
-        if query.cursor:
+        if query.cursor is not None:  # an empty one is outside the pattern too: a 400
             after_date, after_id = decode_cursor(query.cursor)
             where.append(
                 or_(self.date < after_date, and_(self.date == after_date, t.c.id < after_id))
@@ -536,22 +570,22 @@ REVENUES = Ledger(revenues, "revenue", "revenueDate")
 
 
 def encode_cursor(date: dt.datetime, id_: int) -> str:
-    raw = orjson.dumps([date.astimezone(dt.UTC).isoformat(), id_])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    """The position after (date, id): microseconds since CURSOR_EPOCH, a dot, the id."""
+    micros = (date - CURSOR_EPOCH) // dt.timedelta(microseconds=1)
+    return f"{micros}.{id_}"
 
 
 def decode_cursor(cursor: str) -> tuple[dt.datetime, int]:
-    """Read a cursor back; anything not made by encode_cursor is a 400 invalid_cursor."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        date_s, id_ = orjson.loads(raw)
-        date = dt.datetime.fromisoformat(date_s)
-        if date.tzinfo is None or type(id_) is not int or not 0 < id_ <= MAX_ID:
-            raise ValueError("bad cursor fields")
-        date = _plausible(date)
-    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise InvalidCursor("The cursor is not one this API issued.") from None
-    return date, id_
+    """Read a cursor back; one that does not match CURSOR_PATTERN is a 400 invalid_cursor.
+
+    Every string the pattern admits is a position (the document promises no more), so a
+    schema-valid cursor is never refused: an id past MAX_ID means "every id at that instant".
+    """
+    match = _CURSOR.fullmatch(cursor)
+    if match is None:
+        raise InvalidCursor("The cursor is not one this API issued.")
+    micros, id_ = int(match[1]), int(match[2])
+    return CURSOR_EPOCH + dt.timedelta(microseconds=micros), min(id_, MAX_ID)
 
 
 async def summarise(

@@ -12,10 +12,6 @@ from typing import Any
 import orjson
 
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-# Set (and deliberately never reset) by the access middleware when the app refused a WebSocket
-# with an HTTP answer: uvicorn, still in the connection's task, then calls the handshake
-# "not completed" although the refusal was sent in full. Its own task, so it never leaks.
-ws_refused: ContextVar[int | None] = ContextVar("ws_refused", default=None)
 
 # Attributes every LogRecord has; anything else came through `extra=` and is logged as a field.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {
@@ -36,7 +32,6 @@ _SECRET_TEXT = re.compile(
 # uvicorn's handshake lines repeat each WebSocket's full query string; the access middleware
 # logs one line per connection instead, path only.
 _UVICORN_HANDSHAKE = '%s - "WebSocket %s"'
-_UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
 
 
 def redact(text: str) -> str:
@@ -48,11 +43,12 @@ class SecretFilter(logging.Filter):
     """Keep secrets and uvicorn's duplicate handshake lines out of every record."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name.startswith("uvicorn"):
-            if isinstance(record.msg, str) and record.msg.startswith(_UVICORN_HANDSHAKE):
-                return False
-            if record.msg == _UNFINISHED_HANDSHAKE and ws_refused.get() is not None:
-                return False
+        if (
+            record.name.startswith("uvicorn")
+            and isinstance(record.msg, str)
+            and record.msg.startswith(_UVICORN_HANDSHAKE)
+        ):
+            return False
         message = record.getMessage()
         cleaned = redact(message)
         if cleaned != message:

@@ -10,9 +10,11 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import (
+    apidocs,
     auth,
     cache,
     edge,
@@ -83,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *finance.operations,
         *realtime.operations,
         *metrics.operations(settings),
+        *apidocs.operations,
         Operation(
             "GET",
             "/openapi.json",
@@ -126,6 +129,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
                     await client.ping()
 
                 app.state.readiness_checks["redis"] = redis_ready
+                # One failed-login count for every instance on this Redis (docs/API.md, Auth).
+                app.state.login_throttle = auth.SharedLoginThrottle(
+                    client, settings.login_redis_prefix, app.state.login_throttle
+                )
             # No readiness check of its own: reads go to the primary while no standby can serve.
             app.state.replicas = await replicas.start(app, settings, stack)
             app.state.summary_cache = cache.SummaryCache(
@@ -190,7 +197,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*routes(operations), *realtime.websocket_routes],
+        routes=[
+            *routes(operations),
+            *realtime.websocket_routes,
+            Mount("/docs/assets", app=apidocs.Assets()),  # the API page's files (app/apidocs.py)
+        ],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -96,6 +96,7 @@ def _apply_settings(node: Any, settings: Settings) -> Any:
     return node
 
 
+IDEMPOTENCY_KEY_PATTERN = r'^(?:[!#-~][!-~]{0,254}|"(?:[!#-\[\]-~]|\\["\\]){1,255}")$'
 IDEMPOTENCY_KEY_PARAMETER = {
     "name": "Idempotency-Key",
     "in": "header",
@@ -105,7 +106,9 @@ IDEMPOTENCY_KEY_PARAMETER = {
         "The same key and request within IDEMPOTENCY_TTL_S replays the stored response with "
         "Idempotent-Replayed: true; see docs/IDEMPOTENCY.md."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    # Exactly what idempotency.parse_key takes: a bare key, or the sf-string form whose
+    # unescaped content (\" and \\ the only escapes) is the key.
+    "schema": {"type": "string", "pattern": IDEMPOTENCY_KEY_PATTERN},
 }
 
 

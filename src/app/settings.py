@@ -221,6 +221,8 @@ class Settings:
     # Failed logins per (client, email) inside the window before 429.
     login_max_failures: int = 5
     login_window_s: int = 300
+    # With REDIS_URL the failed-login counts live in Redis under this prefix, shared by instances.
+    login_redis_prefix: str = "streamcore:login:"
     # `serve` seeds the demo org/property/user into an empty database.
     seed_demo: bool = True
     # Idempotency-Key: how long a response is replayed, and the in-flight claim's lease.
@@ -405,6 +407,7 @@ class Settings:
                 env, "LOGIN_MAX_FAILURES", d.login_max_failures, _positive_int
             ),
             login_window_s=_read(env, "LOGIN_WINDOW_S", d.login_window_s, _positive_int),
+            login_redis_prefix=_read(env, "LOGIN_REDIS_PREFIX", d.login_redis_prefix, str),
             seed_demo=_read(env, "SEED_DEMO", d.seed_demo, _bool),
             idempotency_ttl_s=_read(env, "IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, _positive_int),
             idempotency_lease_s=_read(

@@ -54,6 +54,7 @@ MEANINGS: dict[str, str] = {
     "PAGE_SIZE_MAX": "largest `limit`",
     "LOGIN_MAX_FAILURES": "failed logins per (client, email) in the window before 429",
     "LOGIN_WINDOW_S": "the login throttle's window",
+    "LOGIN_REDIS_PREFIX": "with `REDIS_URL`, Redis key prefix of the shared failed-login counts",
     "SEED_DEMO": "`serve` seeds the demo org, property and user into an empty database",
     "IDEMPOTENCY_TTL_S": "how long a stored response is replayed",
     "IDEMPOTENCY_LEASE_S": "the in-flight claim's lease",

@@ -7,10 +7,10 @@ the model (422 validation_failed, listing every bad field at once).
 from __future__ import annotations
 
 import re
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, StrictInt, ValidationError
 from starlette.requests import Request
 
 from .errors import MalformedJson, UnsupportedMediaType, ValidationFailed
@@ -37,11 +37,26 @@ def iso_instant(value: Any) -> Any:
     return value
 
 
+def json_integer(value: Any) -> Any:
+    """Take a JSON number without a fraction (500.0) as the integer it is, as JSON Schema does."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+MAX_ID = 2**63 - 1  # ids are 64-bit signed integers in both databases
+# A JSON Schema integer id: 5 and 5.0, never "5", true or 5.5 (pydantic's lax int takes "5").
+# The bounds go before the validator, or pydantic documents them as "gt" (not JSON Schema).
+JsonId = Annotated[StrictInt, Field(ge=1, le=MAX_ID), BeforeValidator(json_integer)]
+
+
 def whole_number(low: int, high: int) -> Any:
     """A before-validator naming the bounds when a JSON number is not an integer (1e23, 1.5)."""
 
     def check(value: Any) -> Any:
         if isinstance(value, float):
+            if value.is_integer() and low <= value <= high:
+                return int(value)  # 500.0 is the integer 500 to JSON Schema, and so to us
             raise ValueError(f"must be a whole number from {low} to {high}")
         if isinstance(value, int) and not isinstance(value, bool) and value > high:
             raise ValueError(f"must be at most {high}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -102,6 +103,7 @@ CASES: dict[tuple[str, str], dict[int, Case]] = {
         503: lambda api, t: api.degraded.get("/readyz"),  # type: ignore[union-attr]
     },
     ("get", "/openapi.json"): {200: lambda api, t: api.client.get("/openapi.json")},
+    ("get", "/docs"): {200: lambda api, t: api.client.get("/docs")},
     ("post", "/auth/login"): {
         200: login("acme@example.com", "correct horse battery"),
         400: lambda api, t: api.client.post(
@@ -220,3 +222,66 @@ def test_request_bodies_in_the_document_accept_the_seed_example(api: Api) -> Non
     assert not validator.is_valid({**seed, "currency": "inr"})
     assert not validator.is_valid({**seed, "amountCents": 0})
     assert not validator.is_valid({**seed, "unknown": 1})
+
+
+def _request_schema(document: dict[str, Any], path: str) -> jsonschema.Draft202012Validator:
+    operation = document["paths"][path]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+
+@pytest.mark.parametrize(
+    ("event", "status"),
+    [
+        ({"type": "note", "key": "k", "data": 1}, 202),
+        ({"type": "note", "conflatable": False, "data": 1}, 202),
+        ({"type": "note", "conflatable": False, "key": None, "data": 1}, 202),
+        ({"type": "note", "key": "k", "propertyId": 1.0, "data": 1}, 202),  # a JSON integer
+        ({"type": "note", "data": 1}, 422),  # conflatable (the default) without a key
+        ({"type": "note", "key": None, "conflatable": True, "data": 1}, 422),
+        ({"type": "note", "key": "k", "conflatable": 0, "data": 1}, 422),  # not a boolean
+        ({"type": "note", "key": "k", "propertyId": "1", "data": 1}, 422),  # not an integer
+        ({"type": "note", "key": "k", "propertyId": True, "data": 1}, 422),
+    ],
+)
+def test_the_publish_schema_states_the_key_rule_the_server_enforces(
+    sqlite_api: Api, event: dict[str, Any], status: int
+) -> None:
+    t = sqlite_api.tenant("Acme")
+    document = sqlite_api.client.get("/openapi.json").json()
+    validator = _request_schema(document, "/v2/realtime/publish")
+    body = {"events": [event]}
+    response = sqlite_api.client.post("/v2/realtime/publish", json=body, headers=t.auth)
+    assert response.status_code == status, response.text
+    assert validator.is_valid(body) == (status == 202)
+
+
+def test_the_documented_idempotency_key_is_exactly_what_the_server_takes() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from app.idempotency import InvalidKey, parse_key
+    from app.openapi import IDEMPOTENCY_KEY_PATTERN
+
+    pattern = re.compile(IDEMPOTENCY_KEY_PATTERN)
+    visible = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=260)
+    keys = (
+        visible
+        | visible.map(lambda s: f'"{s}"')
+        | st.from_regex(pattern, fullmatch=True)
+        | st.sampled_from(['"', '""', '"a', 'a"b', '"a\\"b"', '"a\\b"', "x" * 256, "é"])
+    )
+
+    @settings(max_examples=2000, deadline=None)
+    @given(keys)
+    def agree(key: str) -> None:
+        try:
+            parse_key([key.encode()])
+            taken = True
+        except InvalidKey:
+            taken = False
+        # The server strips the blanks HTTP allows around a field value; a client sends none.
+        if key == key.strip(" \t"):
+            assert taken == bool(pattern.match(key)), key
+
+    agree()

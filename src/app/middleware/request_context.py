@@ -15,7 +15,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import CLIENT_CLOSED_REQUEST, internal_error_response
-from ..logs import request_id, ws_refused
+from ..logs import request_id
 
 log = logging.getLogger("app.access")
 # A caller-supplied id is kept only if it cannot forge log structure or carry a payload.
@@ -44,8 +44,6 @@ class RequestContextMiddleware:
             if kind in ("http.response.start", "websocket.http.response.start"):
                 status, responded = message["status"], True
                 MutableHeaders(scope=message).append("X-Request-ID", rid)
-                if kind == "websocket.http.response.start":
-                    ws_refused.set(status)
             elif kind == "websocket.accept":
                 status, responded = 101, True
             elif kind == "websocket.close":
@@ -53,7 +51,6 @@ class RequestContextMiddleware:
                     close_code = close_code or message.get("code", 1000)
                 else:  # a close before accepting: the server answers 403 (no denial extension)
                     status, responded = 403, True
-                    ws_refused.set(status)
             await send(message)
 
         async def receive_watching() -> Message:

@@ -15,7 +15,7 @@ import uuid
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,7 +30,7 @@ from ..errors import ApiError, InvalidToken, NotFound, PayloadTooLarge, error_re
 from ..events import Event
 from ..openapi import Operation
 from ..responses import OrjsonResponse
-from ..validation import read_json
+from ..validation import JsonId, read_json
 from .broker import HistoryUnavailable
 from .caps import CapExceeded, Lease
 from .connections import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, Connection
@@ -249,7 +249,17 @@ async def _until_closed(ws: WebSocket, conn: Connection) -> None:
 
 
 class PublishedEvent(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        # The key rule below, stated in the document too: a key, or conflatable: false.
+        json_schema_extra={
+            "anyOf": [
+                {"required": ["key"], "properties": {"key": {"type": "string"}}},
+                {"required": ["conflatable"], "properties": {"conflatable": {"const": False}}},
+            ]
+        },
+    )
 
     type: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.:-]+$")
     key: str | None = Field(
@@ -258,10 +268,10 @@ class PublishedEvent(BaseModel):
         max_length=200,
         description="Entity key: a later conflatable event with the same key replaces it.",
     )
-    conflatable: bool = Field(
+    conflatable: StrictBool = Field(
         default=True, description="false: delivered every time, in order (a fact)."
     )
-    property_id: int | None = Field(default=None, alias="propertyId", gt=0)
+    property_id: JsonId | None = Field(default=None, alias="propertyId")
     data: Any = Field(description="Any JSON value; the encoded event is limited in size.")
 
     @model_validator(mode="after")

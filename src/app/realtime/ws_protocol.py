@@ -179,6 +179,15 @@ class StreamWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
         if self.handshake_complete and "request" in self.__dict__:
             self._forget_handshake()
+        elif (
+            message["type"] == "websocket.http.response.body"
+            and not message.get("more_body", False)
+            and self.close_sent
+        ):
+            # The denial response went out whole: the handshake is over, answered as the app
+            # chose. uvicorn leaves handshake_complete False there and, when the app returns,
+            # logs "ASGI callable returned without completing handshake" at ERROR.
+            self.handshake_complete = True
 
     def _forget_handshake(self) -> None:
         # uvicorn reads request and response only until it sends the 101 (in handle_connect and
