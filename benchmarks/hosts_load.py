@@ -6,26 +6,30 @@ private PostgreSQL on the bridge address. This process stays in the root namespa
 clients and the publisher. Without root it falls back to servers on loopback ports and says so.
 
 1. latency: facts (non-conflatable events carrying their creation time) POSTed one per request to
-   /v2/realtime/publish at `--rate` for `--seconds`, received by `--subscribers` WebSocket
-   clients. Set-ups: `1 instance` (host 1 alone, no REDIS_URL: publish and subscribers on it) and
-   `3 hosts` (REDIS_URL; published on host 1, subscribers on all three): p50/p99 publish ->
-   receive, for subscribers on the publishing host and on the other two.
+   /v2/realtime/publish at `--rate`, received by `--subscribers` WebSocket clients per set-up:
+   `1 instance` (a second server in host 1 on port 4001, no REDIS_URL: publish and subscribers
+   on it) and `3 hosts` (REDIS_URL; published on host 1, subscribers on all three). Both run at
+   once and are measured in `--rounds` alternating rounds (`--seconds` each in all), so both see
+   the same background load: p50/p99 publish -> receive, on the publishing host and the others.
 2. Redis per event: INFO commandstats / INFO stats deltas on the private Redis over the 3-host
-   latency run, per published event, less an idle interval of the same length just before it
-   (lease refreshes, metrics) measured on the same servers.
+   rounds, per published fact, less the rate of an idle interval just before them with the same
+   servers and subscribers (lease refreshes, metrics).
 3. resume: `--resume-clients` clients on host 1 (spread over `--resume-orgs` orgs, a few facts/s
    still published through hosts 2 and 3); host 1's server is SIGKILLed; each client reconnects at
    once to host 2 or 3 with its epoch and last_seq. Reported: time from the kill to each client's
-   first frame on its new host (p50/p99/max), and how many resumed, got a `reset` (by reason) or
-   never got back within the deadline.
+   first frame on its new host (p50/p99/max), how many resumed, got a `reset` (by reason) or
+   never got back within the deadline, why reconnects were retried, and the CPU of this process
+   (all the clients) meanwhile.
 4. CPU: one instance (host 2) with one org subscribed, its utime+stime from /proc over
-   `--cpu-seconds`, idle and then while `--cpu-orgs` other orgs publish through host 1's publish
-   endpoint (round-robin, `--cpu-rate` requests/s). Protocol 1 sends every org's messages to every
-   instance, so the loaded figure is the cost of other orgs' traffic; per-org routing should bring
-   it near the idle one.
+   `--cpu-seconds`, idle and then while `--cpu-orgs` other orgs publish, round-robin at
+   `--cpu-rate` events/s: straight into Redis as a publishing server does (its own fan-out
+   encoding and channel), or `--cpu-via http` through host 1's publish endpoint. Protocol 1 sends
+   every org's messages to every instance, so the loaded figure is the cost of other orgs'
+   traffic; per-org routing should bring it near the idle one.
 
     .venv/bin/python -m benchmarks.hosts_load [--subscribers 30] [--rate 200] [--seconds 6]
-        [--resume-clients 1000] [--cpu-orgs 10000] [--cpu-seconds 8] [--json out.json]
+        [--rounds 3] [--resume-clients 1000] [--cpu-orgs 10000] [--cpu-rate 2000]
+        [--cpu-via redis|http] [--cpu-seconds 8] [--json out.json]
 
 Everything shares this machine's cores (clients, publisher, three servers, Redis, PostgreSQL): the
 ratios against the same-run baselines are the figures, not the absolute times.
@@ -37,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -397,7 +402,9 @@ def redis_cost(
     net = [busy[i] - idle[i] * busy_s for i in range(3)]
     n = max(1, events)
     calls.pop("info", None)
-    busiest = sorted(((v / n, k) for k, v in calls.items() if v > 0), reverse=True)[:8]
+    idle_calls = {k: (v - idle0[3].get(k, 0)) / idle_s for k, v in idle1[3].items()}
+    net_calls = {k: (v - idle_calls.get(k, 0.0) * busy_s) / n for k, v in calls.items()}
+    busiest = sorted(((v, k) for k, v in net_calls.items() if v >= 0.005), reverse=True)[:8]
     return RedisCost(
         events=events,
         commands_per_event=round(net[0] / n, 2),
@@ -421,6 +428,7 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
     results: list[tuple[str, float]] = []  # (resumed | reset:<reason> | failed, seconds)
     noticed: list[float] = []  # kill -> the client saw its connection end
     retries: list[str] = []  # why a reconnect failed (it is retried after 0.1 s)
+    marks: list[tuple[float, float]] = []  # (when, this process's CPU time) at each first frame
     connected = 0
 
     async def client(i: int) -> None:
@@ -458,6 +466,7 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
             try:
                 first = decode_frame(await asyncio.wait_for(ws.recv(), deadline - loop.time()))
                 took = loop.time() - t_kill
+                marks.append((loop.time(), time.process_time()))
                 outcome = "resumed"
                 with contextlib.suppress(TimeoutError):
                     # A reset, if any, comes right after the hello; facts keep coming otherwise.
@@ -501,8 +510,10 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
     await asyncio.to_thread(victim.kill)
     killed.set()
     await asyncio.wait(tasks, timeout=args.resume_deadline + 5)
-    # This process is every client: how busy it was says how much of the wait is its own.
-    busy = (time.process_time() - cpu0) / (loop.time() - t_kill)
+    # This process is every client: how busy it was until the last one was back says how much
+    # of the wait is its own.
+    last = max(marks, default=(loop.time(), time.process_time()))
+    busy = (last[1] - cpu0) / max(1e-3, last[0] - t_kill)
     pub.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await pub
@@ -545,9 +556,28 @@ def direct_publisher(prefix: str) -> Any:
     owner = SimpleNamespace(prefix=prefix)
 
     def message(org: int, payload: bytes) -> tuple[str, bytes]:
-        return RedisFanout.channel(owner, org), encode([Event(org, None, False, payload)])  # type: ignore[arg-type]
+        channel = RedisFanout.channel(owner, org)  # type: ignore[arg-type]
+        return channel, encode([Event(org, None, False, payload)])
 
     return message
+
+
+async def reaches(sub: Subscriber, redis_url: str, message: Any) -> bool:
+    """Whether a fact PUBLISHed straight into Redis for org 1 reaches org 1's subscriber."""
+    import orjson
+    import redis.asyncio as aioredis
+
+    before = len(sub.delays)
+    client = aioredis.Redis.from_url(redis_url)
+    try:
+        payload = orjson.dumps({"type": "t", "orgId": 1, "data": {"n": -1, "ts": time.time()}})
+        await client.publish(*message(1, payload))
+    finally:
+        await client.aclose()
+    deadline = time.monotonic() + 5
+    while len(sub.delays) == before and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return len(sub.delays) > before
 
 
 async def redis_load(redis_url: str, message: Any, args: argparse.Namespace, seconds: float) -> int:
@@ -614,11 +644,15 @@ async def cpu_run(
 ) -> Cpu:
     """The measured instance's CPU with org 1 subscribed on it: idle, then other orgs publish."""
     message = direct_publisher("streamcore") if args.cpu_via == "redis" else None
-    via = "redis" if message is not None else "http"
     sub = Subscriber(await connect(measured.ws, 1), "measured")
     sub.counting = True
     try:
         await asyncio.sleep(1.0)
+        if message is not None and not await reaches(sub, redis_url, message):
+            # Straight into Redis would measure nothing: the server no longer reads that.
+            print("cpu: a direct PUBLISH did not reach the subscriber; using http", file=sys.stderr)
+            message = None
+        via = "redis" if message is not None else "http"
         pid = measured.pid
         c0, t0 = cpu_s(pid), time.monotonic()
         await asyncio.sleep(args.cpu_seconds)
@@ -693,7 +727,7 @@ def print_report(
         f"redis per published event (3 hosts, {cost.events} events): "
         f"{cost.commands_per_event} commands, {cost.bytes_in_per_event} B in, "
         f"{cost.bytes_out_per_event} B out (less the idle background of "
-        f"{cost.idle_commands_s} commands/s); by command (not less idle): "
+        f"{cost.idle_commands_s} commands/s); by command: "
         + ", ".join(f"{k} {v}" for k, v in cost.commands.items())
     )
     resets = ", ".join(f"{k} {v}" for k, v in sorted(resume.resets.items())) or "none"
@@ -747,6 +781,7 @@ async def run(network: Network, backing: Backing, args: argparse.Namespace) -> d
     finally:
         cluster.stop_all()
         client.close()
+        shutil.rmtree(workdir, ignore_errors=True)
     print_report(network, latency, cost, resume, cpu, args)
     return {
         "hosts": network.mode,
