@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import secrets
 import signal
 import time
@@ -129,10 +130,15 @@ async def collect_facts(ws: ClientConnection, count: int, timeout: float = 20.0)
 
 
 def test_an_event_published_on_one_host_reaches_every_host(
-    start_hosts: Callable[..., Hosts],
+    start_hosts: Callable[..., Hosts], network: Network
 ) -> None:
     hosts = start_hosts()
     token = hosts[0].token()
+    if network.mode == "netns":
+        # Each server really is in a network namespace of its own, at its own address.
+        spaces = {os.stat(f"/proc/{h.pid}/ns/net").st_ino for h in hosts}
+        assert len(spaces) == 3 and os.stat("/proc/self/ns/net").st_ino not in spaces
+        assert len({h.host for h in hosts}) == 3
 
     async def scenario() -> None:
         conns = [await open_ws(h.ws, token) for h in hosts]
