@@ -90,6 +90,7 @@ def start_hosts(
     yield start
     for hosts in started:
         hosts.stop()
+        print(hosts.logs())  # captured: shown only when the test failed
 
 
 def facts(numbers: range) -> list[dict[str, Any]]:
