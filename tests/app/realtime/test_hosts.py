@@ -495,3 +495,22 @@ async def _other_org(database_url: str) -> dict[str, Any]:
     finally:
         await engine.dispose()
     return {"org": org, "email": email, "password": password}
+
+
+def test_without_namespaces_the_hosts_are_loopback_servers_that_say_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import hosts
+
+    monkeypatch.setattr(hosts, "namespaces_unavailable", lambda: "not root (in this test)")
+    monkeypatch.setattr(hosts, "FALLBACKS", set())
+    monkeypatch.delenv("STREAMCORE_REQUIRE_SERVICES", raising=False)
+    net = Network(2)
+    assert net.mode == "loopback" and "not root (in this test)" in net.reason
+    assert [h.address for h in net.hosts] == ["127.0.0.1", "127.0.0.1"]
+    assert all(h.wrap == () for h in net.hosts)
+    assert net.reason in hosts.FALLBACKS  # the session summary lists it
+    net.close()
+    monkeypatch.setenv("STREAMCORE_REQUIRE_SERVICES", "1")  # CI: refused, never a fallback
+    with pytest.raises(HostsUnavailable, match="CI must run the hosts as network namespaces"):
+        Network(2)
