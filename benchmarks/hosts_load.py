@@ -41,6 +41,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -708,7 +709,8 @@ def print_report(
         if network.mode == "netns"
         else network.reason
     )
-    print(f"\nhosts_load: 3 hosts as {where}; shared 2-core machine, noisy")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\nhosts_load: 3 hosts as {where}; shared machine, load average at the end {load}")
     print(
         f"latency: {args.subscribers} subscribers (org 1), 1 fact per POST at {args.rate}/s "
         f"for {args.seconds:g} s, windows {args.window_ms:g} ms"
@@ -784,6 +786,8 @@ async def run(network: Network, backing: Backing, args: argparse.Namespace) -> d
         shutil.rmtree(workdir, ignore_errors=True)
     print_report(network, latency, cost, resume, cpu, args)
     return {
+        "loadavg_at_end": os.getloadavg(),
+        "cpus": os.cpu_count(),
         "hosts": network.mode,
         "fallback": network.reason,
         "latency": [asdict(r) for r in latency],
