@@ -223,7 +223,7 @@ def watch(settings: Settings, args: argparse.Namespace) -> int:
     import httpx2
     import orjson
 
-    from .client import Reset, StreamClient, StreamRefused
+    from streamcore.client import Reset, StreamClient, StreamRefused
 
     host = "localhost" if settings.host in ("127.0.0.1", "0.0.0.0", "::") else settings.host
     base = (args.url or f"http://{host}:{settings.port}").rstrip("/")

@@ -187,8 +187,11 @@ class Settings:
     # Realtime stream (docs/REALTIME.md): caps, history for resume, slow consumers, fan-out.
     realtime_max_connections_per_user: int = 10
     realtime_max_connections_per_org: int = 1000
-    realtime_history_frames: int = 1000
+    realtime_history_events: int = 10_000
     realtime_history_age_s: float = 120.0
+    realtime_unsubscribe_grace_s: float = 5.0
+    realtime_outbox_max: int = 100_000
+    realtime_outbox_retry_s: float = 10.0
     realtime_slow_consumer_policy: str = "coalesce"
     realtime_queue_max_frames: int = 256
     realtime_queue_max_bytes: int = 1024 * 1024
@@ -340,11 +343,23 @@ class Settings:
                 d.realtime_max_connections_per_org,
                 _positive_int,
             ),
-            realtime_history_frames=_read(
-                env, "REALTIME_HISTORY_FRAMES", d.realtime_history_frames, _positive_int
+            realtime_history_events=_read(
+                env, "REALTIME_HISTORY_EVENTS", d.realtime_history_events, _positive_int
             ),
             realtime_history_age_s=_read(
                 env, "REALTIME_HISTORY_AGE_S", d.realtime_history_age_s, _positive_float
+            ),
+            realtime_unsubscribe_grace_s=_read(
+                env,
+                "REALTIME_UNSUBSCRIBE_GRACE_S",
+                d.realtime_unsubscribe_grace_s,
+                _positive_float,
+            ),
+            realtime_outbox_max=_read(
+                env, "REALTIME_OUTBOX_MAX", d.realtime_outbox_max, _positive_int
+            ),
+            realtime_outbox_retry_s=_read(
+                env, "REALTIME_OUTBOX_RETRY_S", d.realtime_outbox_retry_s, _positive_float
             ),
             realtime_slow_consumer_policy=_read(
                 env,

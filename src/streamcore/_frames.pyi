@@ -37,11 +37,22 @@ class FrameEncoder:
     def __init__(self, threshold: int = 1024, zstd_level: int = 1, gzip_level: int = 6) -> None:
         """Validate the settings (threshold 0..2**32-1, zstd 1..22, gzip 1..9)."""
     def encode(
-        self, seq: int, payloads: Sequence[bytes], codec: Codec | int = ..., kind: int = 0
+        self,
+        seq: int,
+        payloads: Sequence[bytes],
+        codec: Codec | int = ...,
+        kind: int = 0,
+        first_seq: int | None = None,
     ) -> bytes:
-        """Build one frame, compressed with `codec` when the body exceeds the threshold."""
+        """Build one frame covering positions first_seq..seq (first_seq defaults to seq),
+        compressed with `codec` when the body exceeds the threshold."""
     def encode_many(
-        self, seq: int, payloads: Sequence[bytes], codecs: Iterable[Codec | int], kind: int = 0
+        self,
+        seq: int,
+        payloads: Sequence[bytes],
+        codecs: Iterable[Codec | int],
+        kind: int = 0,
+        first_seq: int | None = None,
     ) -> dict[Codec, bytes]:
         """Build the frame once per distinct codec; codecs that end up raw share one frame."""
 

@@ -35,7 +35,7 @@ cdef extern from "Python.h":
     int PyBUF_READ
 
 cdef enum:
-    _HEADER_SIZE = 24
+    _HEADER_SIZE = 32
 cdef Py_ssize_t _MAX_U32 = 0xFFFFFFFF
 
 assert _PY_HEADER_SIZE == _HEADER_SIZE, "protocol.HEADER_SIZE and _frames disagree"
@@ -52,21 +52,27 @@ cdef inline void _put_u32(unsigned char *p, uint32_t v) noexcept nogil:
     p[3] = <unsigned char>v
 
 
+cdef inline void _put_u64(unsigned char *p, uint64_t v) noexcept nogil:
+    _put_u32(p, <uint32_t>(v >> 32))
+    _put_u32(p + 4, <uint32_t>v)
+
+
 cdef inline void _write_header(
-    unsigned char *p, uint8_t codec, uint8_t kind, uint64_t seq, uint32_t count, uint32_t raw_len
+    unsigned char *p, uint8_t codec, uint8_t kind, uint64_t seq, uint64_t first_seq,
+    uint32_t count, uint32_t raw_len,
 ) noexcept nogil:
     p[0] = 0x53  # "S"
     p[1] = 0x43  # "C"
-    p[2] = 1     # version
+    p[2] = 2     # version
     p[3] = codec
     p[4] = kind
     p[5] = 0     # flags
     p[6] = 0     # reserved u16
     p[7] = 0
-    _put_u32(p + 8, <uint32_t>(seq >> 32))
-    _put_u32(p + 12, <uint32_t>seq)
-    _put_u32(p + 16, count)
-    _put_u32(p + 20, raw_len)
+    _put_u64(p + 8, seq)
+    _put_u64(p + 16, first_seq)
+    _put_u32(p + 24, count)
+    _put_u32(p + 28, raw_len)
 
 
 cdef inline Py_ssize_t _body_length(
@@ -168,11 +174,16 @@ cdef class FrameEncoder:
             f"gzip_level={self.gzip_level})"
         )
 
-    cdef object _items(self, object seq, object payloads, object kind):
+    cdef object _items(self, object seq, object payloads, object kind, object first_seq):
         """Validate the window's scalars and return payloads as a list or tuple."""
         _check_int("seq", seq)
         if seq < 0 or seq > _MAX_SEQ:
             raise StreamcoreValueError(f"seq must fit an unsigned 64-bit integer, got {seq}")
+        _check_int("first_seq", first_seq)
+        if first_seq < 0 or first_seq > seq:
+            raise StreamcoreValueError(
+                f"first_seq must be in 0..seq ({seq}), got {first_seq}"
+            )
         _check_int("kind", kind)
         if not 0 <= kind <= 1:
             raise StreamcoreValueError(
@@ -225,13 +236,13 @@ cdef class FrameEncoder:
         return 0
 
     cdef bytes _raw_frame(
-        self, uint64_t seq, object items, uint32_t count, Py_ssize_t n, uint8_t kind,
-        bint from_scratch,
+        self, uint64_t seq, uint64_t first, object items, uint32_t count, Py_ssize_t n,
+        uint8_t kind, bint from_scratch,
     ):
         """Header + uncompressed body in one allocation, copied from the payloads or scratch."""
         cdef bytes frame = PyBytes_FromStringAndSize(NULL, _HEADER_SIZE + n)
         cdef char *p = PyBytes_AS_STRING(frame)
-        _write_header(<unsigned char *>p, 0, kind, seq, count, <uint32_t>n)
+        _write_header(<unsigned char *>p, 0, kind, seq, first, count, <uint32_t>n)
         if from_scratch:
             memcpy(p + _HEADER_SIZE, self._buf, n)
         else:
@@ -242,7 +253,7 @@ cdef class FrameEncoder:
         return frame
 
     cdef object _compressed_frame(
-        self, uint64_t seq, uint32_t count, Py_ssize_t n, uint8_t kind, int codec
+        self, uint64_t seq, uint64_t first, uint32_t count, Py_ssize_t n, uint8_t kind, int codec
     ):
         """Compress the scratch body; None if that does not make it smaller."""
         view = PyMemoryView_FromMemory(self._buf, n, PyBUF_READ)
@@ -258,7 +269,7 @@ cdef class FrameEncoder:
             return None
         cdef bytes frame = PyBytes_FromStringAndSize(NULL, _HEADER_SIZE + size)
         cdef char *p = PyBytes_AS_STRING(frame)
-        _write_header(<unsigned char *>p, <uint8_t>codec, kind, seq, count, <uint32_t>n)
+        _write_header(<unsigned char *>p, <uint8_t>codec, kind, seq, first, count, <uint32_t>n)
         memcpy(p + _HEADER_SIZE, PyBytes_AS_STRING(packed), size)
         self.frames += 1
         self.compressed_frames += 1
@@ -277,34 +288,40 @@ cdef class FrameEncoder:
         self._busy = True
         return 0
 
-    def encode(self, seq, payloads, codec=Codec.ZSTD, kind=0):
+    def encode(self, seq, payloads, codec=Codec.ZSTD, kind=0, first_seq=None):
         """Build one frame: compressed with `codec` if the body is above the threshold."""
         cdef int c = _check_codec(codec)
-        items = self._items(seq, payloads, kind)
+        if first_seq is None:
+            first_seq = seq
+        items = self._items(seq, payloads, kind, first_seq)
         cdef uint64_t useq = seq
+        cdef uint64_t ufirst = first_seq
         cdef uint8_t ukind = kind
         cdef Py_ssize_t n = self._measure(items)
         cdef uint32_t count = <uint32_t>PySequence_Fast_GET_SIZE(items)
         if c == 0 or n <= self.threshold:
-            return self._raw_frame(useq, items, count, n, ukind, False)
+            return self._raw_frame(useq, ufirst, items, count, n, ukind, False)
         self._enter()
         try:
             self._reserve(n)
             self._fill_scratch(items, n)
-            frame = self._compressed_frame(useq, count, n, ukind, c)
+            frame = self._compressed_frame(useq, ufirst, count, n, ukind, c)
             if frame is None:
-                frame = self._raw_frame(useq, items, count, n, ukind, True)
+                frame = self._raw_frame(useq, ufirst, items, count, n, ukind, True)
             return frame
         finally:
             self._busy = False
 
-    def encode_many(self, seq, payloads, codecs, kind=0):
+    def encode_many(self, seq, payloads, codecs, kind=0, first_seq=None):
         """Build the frame once per distinct codec; codecs that end up raw share one frame."""
         if isinstance(codecs, (str, bytes)):
             raise StreamcoreTypeError("codecs must be an iterable of Codec, not a single str")
         cdef list wanted = [_check_codec(each) for each in codecs]
-        items = self._items(seq, payloads, kind)
+        if first_seq is None:
+            first_seq = seq
+        items = self._items(seq, payloads, kind, first_seq)
         cdef uint64_t useq = seq
+        cdef uint64_t ufirst = first_seq
         cdef uint8_t ukind = kind
         cdef Py_ssize_t n = self._measure(items)
         cdef uint32_t count = <uint32_t>PySequence_Fast_GET_SIZE(items)
@@ -323,10 +340,10 @@ cdef class FrameEncoder:
                         self._reserve(n)
                         self._fill_scratch(items, n)
                         filled = True
-                    frame = self._compressed_frame(useq, count, n, ukind, c)
+                    frame = self._compressed_frame(useq, ufirst, count, n, ukind, c)
                 if frame is None:
                     if raw is None:
-                        raw = self._raw_frame(useq, items, count, n, ukind, filled)
+                        raw = self._raw_frame(useq, ufirst, items, count, n, ukind, filled)
                     frame = raw
                 out[_CODECS[c]] = frame
             return out

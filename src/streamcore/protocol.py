@@ -3,19 +3,20 @@
 Pure Python on purpose (no compiled imports), so a client can vendor this file together with
 errors.py. docs/PROTOCOL.md is the specification; this module is its executable form.
 
-Frame = 24-byte header (network byte order) + body:
+Frame = 32-byte header (network byte order) + body:
 
     offset  size  field
     0       2     magic b"SC"
-    2       1     version (1)
+    2       1     version (2)
     3       1     codec actually applied to the body (0 none, 1 zstd, 2 gzip)
     4       1     kind (0 events, 1 control)
-    5       1     flags (reserved, 0 in v1)
-    6       2     reserved (0 in v1; pads seq to an 8-byte offset)
-    8       8     seq, per channel
-    16      4     event count
-    20      4     raw (decompressed) body length
-    24      ...   body: b"[" + b",".join(payloads) + b"]", possibly compressed
+    5       1     flags (reserved, 0)
+    6       2     reserved (0; pads seq to an 8-byte offset)
+    8       8     seq: the newest position of the org's event sequence the frame covers
+    16      8     first_seq: the oldest position it covers (an events frame covers first_seq..seq)
+    24      4     event count
+    28      4     raw (decompressed) body length
+    32      ...   body: b"[" + b",".join(payloads) + b"]", possibly compressed
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ except ImportError:  # pragma: no cover - a vendored decoder may live without zs
     zstandard = None  # type: ignore[assignment]
 
 MAGIC = b"SC"
-VERSION = 1
-HEADER = struct.Struct(">2sBBBBHQII")
-HEADER_SIZE = HEADER.size  # 24
+VERSION = 2
+HEADER = struct.Struct(">2sBBBBHQQII")
+HEADER_SIZE = HEADER.size  # 32
 MAX_SEQ = (1 << 64) - 1
 MAX_COUNT = (1 << 32) - 1
 MAX_RAW_LENGTH = (1 << 32) - 1
@@ -83,6 +84,7 @@ class FrameHeader:
     count: int
     raw_length: int
     wire_length: int
+    first_seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,7 @@ class DecodedFrame:
     events: list[Any]
     raw_length: int
     wire_length: int
+    first_seq: int = 0
 
 
 def _as_bytes(data: object) -> bytes | memoryview:
@@ -112,7 +115,9 @@ def decode_header(data: bytes) -> FrameHeader:
         raise CorruptDataError(
             f"truncated header: frame has {len(buf)} bytes, the header needs {HEADER_SIZE}"
         )
-    magic, version, codec, kind, flags, reserved, seq, count, raw_length = HEADER.unpack_from(buf)
+    magic, version, codec, kind, flags, reserved, seq, first_seq, count, raw_length = (
+        HEADER.unpack_from(buf)
+    )
     if magic != MAGIC:
         raise CorruptDataError(f"bad magic {bytes(magic)!r}: expected {MAGIC!r}")
     if version != VERSION:
@@ -122,10 +127,12 @@ def decode_header(data: bytes) -> FrameHeader:
     if kind > FrameKind.CONTROL:
         raise CorruptDataError(f"unknown frame kind {kind} in frame header")
     if flags:
-        raise CorruptDataError(f"reserved flags set (0x{flags:02x}): must be 0 in version 1")
+        raise CorruptDataError(f"reserved flags set (0x{flags:02x}): must be 0")
     if reserved:
         raise CorruptDataError(f"reserved header bytes set (0x{reserved:04x}): must be 0")
-    return FrameHeader(seq, Codec(codec), FrameKind(kind), count, raw_length, len(buf))
+    if first_seq > seq:
+        raise CorruptDataError(f"first_seq {first_seq} is beyond seq {seq}")
+    return FrameHeader(seq, Codec(codec), FrameKind(kind), count, raw_length, len(buf), first_seq)
 
 
 def decode_frame_raw(
@@ -211,7 +218,13 @@ def decode_frame(data: bytes, *, max_raw_length: int = DEFAULT_MAX_RAW_LENGTH) -
             f"event count mismatch: header says {header.count}, body holds {len(events)}"
         )
     return DecodedFrame(
-        header.seq, header.codec, header.kind, events, header.raw_length, header.wire_length
+        header.seq,
+        header.codec,
+        header.kind,
+        events,
+        header.raw_length,
+        header.wire_length,
+        header.first_seq,
     )
 
 

@@ -55,7 +55,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         # The three ways a token can arrive on the stream: header, subprotocol, query.
         with _open(proc.ws, additional_headers=auth) as ws:
             _read_hello(ws)
-        with _open(proc.ws, subprotocols=["streamcore.v1", f"bearer.{token}"]) as ws:  # type: ignore[list-item]
+        with _open(proc.ws, subprotocols=["streamcore.v2", f"bearer.{token}"]) as ws:  # type: ignore[list-item]
             _read_hello(ws)
         with _open(f"{proc.ws}?codec=gzip&access_token={token}") as ws:
             _read_hello(ws)

@@ -146,17 +146,19 @@ def test_two_workers_deliver_every_event_to_every_subscriber_once(
 
         async def scenario() -> None:
             loop = asyncio.get_running_loop()
-            subscribers, epochs = [], set()
-            # Each org channel has a random epoch per process, so two epochs among one org's
-            # subscribers means two workers hold them. The kernel picks the worker per accept:
-            # connect until both are seen (the second worker may still be starting).
+            subscribers, instances, epochs = [], set(), set()
+            # hello names the process serving the stream. The kernel picks the worker per
+            # accept: connect until both are seen (the second worker may still be starting).
             deadline = loop.time() + 15
-            while len(subscribers) < 6 or len(epochs) < 2:
-                assert loop.time() < deadline and len(subscribers) < 60, epochs
+            while len(subscribers) < 6 or len(instances) < 2:
+                assert loop.time() < deadline and len(subscribers) < 60, instances
                 ws = await open_ws(server.ws, token)
-                epochs.add((await hello(ws))["epoch"])
+                greeting = await hello(ws)
+                instances.add(greeting["instance"])
+                epochs.add(greeting["epoch"])
                 subscribers.append(ws)
                 await asyncio.sleep(0.02)
+            assert len(epochs) == 1  # one sequence for the org, whichever worker serves it
 
             # The aggregated metrics merge both workers through Redis: both pids, every socket.
             deadline = loop.time() + 10

@@ -185,18 +185,34 @@ def test_incompressible_body_goes_raw(impl: type) -> None:
 
 
 def test_header_layout_is_network_byte_order() -> None:
-    frame = FrameEncoder().encode(0x0102030405060708, [b"1", b"22"], Codec.ZSTD, kind=1)
-    assert frame[:HEADER_SIZE] == b"SC" + bytes([1, 0, 1, 0, 0, 0]) + bytes(
-        range(1, 9)
+    frame = FrameEncoder().encode(
+        0x0102030405060708, [b"1", b"22"], Codec.ZSTD, kind=1, first_seq=0x0102030405060701
+    )
+    assert frame[:HEADER_SIZE] == b"SC" + bytes([2, 0, 1, 0, 0, 0]) + bytes(range(1, 9)) + bytes(
+        [1, 2, 3, 4, 5, 6, 7, 1]
     ) + struct.pack(">II", 2, 6)
     assert frame[HEADER_SIZE:] == b"[1,22]"
     header = decode_header(frame)
-    assert (header.seq, header.kind, header.count, header.raw_length) == (
+    assert (header.seq, header.first_seq, header.kind, header.count, header.raw_length) == (
         0x0102030405060708,
+        0x0102030405060701,
         1,
         2,
         6,
     )
+
+
+def test_first_seq_defaults_to_seq_and_may_not_pass_it() -> None:
+    encoder = FrameEncoder()
+    assert decode_header(encoder.encode(9, [b"1"])).first_seq == 9
+    assert (
+        decode_header(
+            encoder.encode_many(9, [b"1"], [Codec.NONE], first_seq=3)[Codec.NONE]
+        ).first_seq
+        == 3
+    )
+    with pytest.raises(StreamcoreValueError, match=r"first_seq must be in 0\.\.seq"):
+        encoder.encode(9, [b"1"], first_seq=10)
 
 
 def test_control_frame_round_trips() -> None:

@@ -29,19 +29,22 @@ def frame(
     body: bytes = BODY,
     *,
     magic: bytes = b"SC",
-    version: int = 1,
+    version: int = 2,
     codec: int = 0,
     kind: int = 0,
     flags: int = 0,
     reserved: int = 0,
     seq: int = 7,
+    first_seq: int = 5,
     count: int = len(PAYLOADS),
     raw_length: int | None = None,
     wire_body: bytes | None = None,
 ) -> bytes:
     """A hand-built frame, so each test can break exactly one field."""
     raw_length = len(body) if raw_length is None else raw_length
-    header = HEADER.pack(magic, version, codec, kind, flags, reserved, seq, count, raw_length)
+    header = HEADER.pack(
+        magic, version, codec, kind, flags, reserved, seq, first_seq, count, raw_length
+    )
     return header + (body if wire_body is None else wire_body)
 
 
@@ -85,7 +88,9 @@ BOMB = b"[" + b"0," * 2_000_000 + b"0]"  # 4 MB of JSON that packs to a few KB
         (b"", "truncated header"),
         (frame()[: HEADER_SIZE - 1], "truncated header"),
         (frame(magic=b"XC"), "bad magic"),
-        (frame(version=2), "unsupported frame version 2"),
+        (frame(version=1), "unsupported frame version 1"),
+        (frame(version=3), "unsupported frame version 3"),
+        (frame(seq=4, first_seq=5), "first_seq 5 is beyond seq 4"),
         (frame(version=0), "unsupported frame version 0"),
         (frame(codec=3), "unknown codec 3"),
         (frame(kind=2), "unknown frame kind 2"),
@@ -181,7 +186,7 @@ def test_fuzz_mutated_frames_only_raise_corrupt_data(
     except CorruptDataError:
         return
     assert isinstance(decoded.events, list)
-    assert len(decoded.events) == struct.unpack_from(">I", mutated, 16)[0]
+    assert len(decoded.events) == struct.unpack_from(">I", mutated, 24)[0]
 
 
 def test_protocol_imports_nothing_compiled() -> None:

@@ -51,7 +51,10 @@ def local_snapshot(app: Any) -> Snapshot:
     hub = getattr(state, "hub", None)
     if hub is not None:
         for f in dataclasses.fields(hub.metrics):
-            if f.name != "connections":  # a gauge, taken from the live set below
+            if f.name == "reset_reasons":
+                for reason, n in hub.metrics.reset_reasons.items():
+                    counters[f"realtime_reset_{reason}"] = n
+            elif f.name != "connections":  # a gauge, taken from the live set below
                 counters[f"realtime_{f.name}"] = int(getattr(hub.metrics, f.name))
         for attr, name in ENCODER_COUNTERS:
             counters[name] = int(getattr(hub.encoder, attr))
@@ -63,6 +66,12 @@ def local_snapshot(app: Any) -> Snapshot:
         # Cores spent flushing (smoothed): summed over processes, it stays meaningful.
         snap.gauges["realtime_flush_load"] = float(hub.scheduler.load)
         snap.org_connections = dict(Counter(c.org_id for c in hub.connections))
+    broker = getattr(state, "broker", None)
+    if broker is not None and hasattr(broker, "outbox_size"):
+        for attr in ("interruptions", "events_lost", "publish_retries", "gaps_filled"):
+            counters[f"realtime_broker_{attr}"] = int(getattr(broker, attr))
+        snap.gauges["realtime_broker_outbox"] = broker.outbox_size
+        snap.gauges["realtime_broker_orgs"] = broker.orgs_subscribed
     stats = getattr(state, "idempotency_stats", None)
     if stats is not None:
         for f in dataclasses.fields(stats):

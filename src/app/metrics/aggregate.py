@@ -100,7 +100,11 @@ def _realtime(snap: Snapshot) -> dict[str, Any]:
         "slow_consumer_coalesced": c.get("realtime_coalesced", 0),
         "resumes": c.get("realtime_resumes", 0),
         "resets": c.get("realtime_resets", 0),
-        "fanout_interruptions": c.get("realtime_fanout_interruptions", 0),
+        "broker_interruptions": c.get("realtime_broker_interruptions", 0),
+        "broker_events_lost": c.get("realtime_broker_events_lost", 0),
+        "resets_by_reason": {
+            k[len("realtime_reset_") :]: v for k, v in c.items() if k.startswith("realtime_reset_")
+        },
         "stale_states_dropped": c.get("realtime_stale_dropped", 0),
     }
 

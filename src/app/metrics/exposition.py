@@ -44,7 +44,26 @@ REALTIME_COUNTERS = (
     ),
     ("realtime_resumes", "realtime_resumes", "Streams resumed from history."),
     ("realtime_resets", "realtime_resets", "Streams told to reset."),
-    ("realtime_fanout_interruptions", "realtime_fanout_interruptions", "Fan-out interruptions."),
+    (
+        "realtime_broker_interruptions",
+        "realtime_broker_interruptions",
+        "Times this instance's subscription to the broker broke.",
+    ),
+    (
+        "realtime_broker_events_lost",
+        "realtime_broker_events_lost",
+        "Events of committed writes that never reached the shared history.",
+    ),
+    (
+        "realtime_broker_publish_retries",
+        "realtime_broker_publish_retries",
+        "Failed publishes to the broker, retried.",
+    ),
+    (
+        "realtime_broker_gaps_filled",
+        "realtime_broker_gaps_filled",
+        "Holes in an org's sequence filled from the history.",
+    ),
     (
         "realtime_stale_states_dropped",
         "realtime_stale_dropped",
@@ -52,6 +71,14 @@ REALTIME_COUNTERS = (
     ),
 )
 REFUSALS = ("user_cap", "org_cap", "auth", "bad_request", "unavailable")
+RESET_REASONS = (
+    "history_expired",
+    "epoch_changed",
+    "unknown_seq",
+    "history_unavailable",
+    "history_lost",
+    "events_lost",
+)
 IDEMPOTENCY_COUNTERS = (
     ("idempotency_claims", "idempotency_claims", "Idempotency keys claimed by a request."),
     ("idempotency_stored", "idempotency_stored", "Responses stored under a key."),
@@ -194,11 +221,22 @@ def render(
         "WebSocket connections refused, by reason.",
         (([("reason", r)], c.get(f"realtime_refused_{r}", 0)) for r in REFUSALS),
     )
+    w.counter(
+        "realtime_resets_by_reason",
+        "Streams told to reset, by reason.",
+        (([("reason", r)], c.get(f"realtime_reset_{r}", 0)) for r in RESET_REASONS),
+    )
     w.gauge(
         "realtime_connections",
         "Open realtime connections.",
         [((), snap.gauges.get("realtime_connections", 0))],
     )
+    for key, help_ in (
+        ("realtime_broker_outbox", "Committed writes' events waiting for the broker."),
+        ("realtime_broker_orgs", "Orgs this instance is subscribed to."),
+    ):
+        if key in snap.gauges:
+            w.gauge(key, help_, [((), snap.gauges[key])])
     top = sorted(snap.org_connections.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_ORGS]
     w.gauge(
         "realtime_org_connections",

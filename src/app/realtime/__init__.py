@@ -1,18 +1,21 @@
-"""Realtime delivery: hub, stream and publish endpoints, caps, fan-out (docs/REALTIME.md)."""
+"""Realtime delivery: hub, broker, stream and publish endpoints, caps (docs/REALTIME.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 from contextlib import AsyncExitStack
 from typing import Any
 
 from .. import redis_client
 from ..settings import Settings
+from .broker import LocalBroker
 from .caps import LocalCaps, RedisCaps
 from .connections import CLOSE_SHUTDOWN
 from .endpoint import operations, websocket_routes
-from .fanout import RedisFanout
 from .hub import Hub
+from .redis_broker import RedisBroker
 
 __all__ = ["Hub", "operations", "start", "websocket_routes"]
 
@@ -21,21 +24,21 @@ SHUTDOWN_GRACE_S = 2.0
 
 
 async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
-    """Create the hub, caps and fan-out for this process; undone when the stack closes."""
+    """Create the hub, broker and caps for this process; undone when the stack closes."""
     hub = Hub(
         window_min_ms=settings.window_min_ms,
         window_max_ms=settings.window_max_ms,
         compression_threshold=settings.compression_threshold,
         zstd_level=settings.zstd_level,
-        history_frames=settings.realtime_history_frames,
-        history_age_s=settings.realtime_history_age_s,
         send_buffer_limit=settings.realtime_queue_max_bytes,
         flush_budget=settings.window_flush_budget,
     )
     hub.bind(asyncio.get_running_loop())
+    hub.instance = f"{socket.gethostname()}:{os.getpid()}"
     app.state.hub = hub
     stack.callback(hub.close)
 
+    broker: Any
     if settings.redis_url:
         client = redis_client.connect(settings.redis_url, timeout=2.0)
         stack.push_async_callback(client.aclose)
@@ -46,23 +49,34 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
             settings.realtime_max_connections_per_org,
             settings.realtime_lease_s,
         )
-        fanout = RedisFanout(
-            settings.redis_url, settings.realtime_redis_prefix, hub.ingest, hub.reset_all
+        broker = RedisBroker(
+            settings.redis_url,
+            settings.realtime_redis_prefix,
+            hub,
+            history_events=settings.realtime_history_events,
+            history_age_s=settings.realtime_history_age_s,
+            unsubscribe_grace_s=settings.realtime_unsubscribe_grace_s,
+            outbox_max=settings.realtime_outbox_max,
+            retry_s=settings.realtime_outbox_retry_s,
         )
-        await fanout.start()
-        stack.push_async_callback(fanout.stop)
-        app.state.fanout = fanout
-        sink = fanout.publish
     else:
         caps = LocalCaps(
             settings.realtime_max_connections_per_user, settings.realtime_max_connections_per_org
         )
-        app.state.fanout = None
-        sink = hub.ingest
+        broker = LocalBroker(
+            hub,
+            history_events=settings.realtime_history_events,
+            history_age_s=settings.realtime_history_age_s,
+        )
+    await broker.start()
+    stack.push_async_callback(broker.stop)
+    hub.source = broker
+    app.state.broker = broker
     await caps.start()
     app.state.caps = caps
     stack.push_async_callback(caps.stop)
-    stack.callback(app.state.events.subscribe(sink))
+    # Finance writes hand their events over here, after commit.
+    stack.callback(app.state.events.subscribe(broker.publish))
 
     async def close_connections() -> None:
         # uvicorn already closed its sockets with 1012; this covers servers that do not.

@@ -6,6 +6,9 @@ the flusher writes each frame to it from C and this object is not involved at al
 and bytes, drained by its own writer task; once the queue is empty it rejoins. Over the bound,
 `coalesce` merges what waits into one frame (re-conflated by key, every non-conflatable event
 kept) and `disconnect` closes with 1013.
+
+A resuming connection holds: the live frames that arrive while the hub reads what it missed wait
+in `_held`, and go out behind the replay (release).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from streamcore import Codec, FrameEncoder, FrameKind
 
-from .frames import Frame, coalesce_payloads, coalesced_note
+from .frames import Frame, coalesce_payloads
 from .ws_protocol import PreparedSender
 
 if TYPE_CHECKING:
@@ -39,6 +42,7 @@ class Connection:
     __slots__ = (
         "_close",
         "_encoder",
+        "_held",
         "_in_flight",
         "_max_bytes",
         "_max_frames",
@@ -48,6 +52,7 @@ class Connection:
         "_prepared",
         "_queue",
         "_queued_bytes",
+        "_rebase",
         "_send_bytes",
         "_wake",
         "_writer",
@@ -90,10 +95,11 @@ class Connection:
         self._max_bytes = max_bytes
         self._metrics = metrics
         self._encoder = encoder
-        # Entries: (Frame, coalesced-from seq or 0). Frames are shared with the channel's history.
         # Made on the first frame that has to wait, with the writer that drains them: an idle or
         # caught-up connection keeps neither (a deque and an Event with its own are ~1.7 KB).
-        self._queue: deque[tuple[Any, int]] | None = None
+        self._queue: deque[Frame] | None = None
+        self._held: list[Frame] | None = None  # while a resume is read (hold .. release)
+        self._rebase: int | None = None  # the first_seq the next events frame must carry
         self._queued_bytes = 0
         self._wake: asyncio.Event | None = None
         self.close_code: int | None = None
@@ -114,6 +120,8 @@ class Connection:
             and self.close_code is None
             and not self._queue
             and not self._in_flight
+            and self._held is None
+            and self._rebase is None
         )
 
     def start(self) -> None:
@@ -148,6 +156,11 @@ class Connection:
         """
         if self.close_code is not None:
             return
+        if self._held is not None:
+            self._held.append(frame)
+            return
+        if self._rebase is not None and frame.kind == FrameKind.EVENTS:
+            frame, self._rebase = frame.rebased(self._rebase), None
         prepared = self._prepared
         if prepared is not None and self.caught_up() and prepared.buffered() < self._max_bytes:
             if not prepared.send(frame.wire(self.codec, self._encoder)):
@@ -157,21 +170,58 @@ class Connection:
             if self.group is not None:
                 self.group.catch_up(self)
             return
-        self._enqueue(frame, 0)
+        self._enqueue(frame)
 
     def send_control(self, frame: Frame) -> None:
-        """Send a control frame (hello, reset, a replayed frame) in order; never coalesced away."""
+        """Send a control frame (hello, reset) in order; never coalesced away."""
         if self.close_code is None and self._prepared is not None:
             self.deliver(frame)
         elif self.close_code is None:
-            self._enqueue(frame, 0)
+            if self._held is not None:
+                self._held.append(frame)
+            else:
+                self._enqueue(frame)
 
-    def _enqueue(self, frame: Frame, coalesced_from: int) -> None:
+    # -- resume: hold the live frames while the missed ones are read ----------------------------
+
+    def hold(self) -> None:
+        self._held = []
+        if self.group is not None:
+            self.group.lag(self)
+
+    def drop_held_through(self, seq: int) -> None:
+        """Forget held event frames the client already has (it saw them on another instance)."""
+        if self._held:
+            self._held = [f for f in self._held if f.kind != FrameKind.EVENTS or f.seq > seq]
+
+    def first_held_events(self) -> Frame | None:
+        for frame in self._held or ():
+            if frame.kind == FrameKind.EVENTS:
+                return frame
+        return None
+
+    def drop_first_held_events(self) -> None:
+        held = self._held or []
+        for i, frame in enumerate(held):
+            if frame.kind == FrameKind.EVENTS:
+                del held[i]
+                return
+
+    def release(self, replay: list[Frame], rebase: int | None) -> None:
+        """Send the replay, then what was held; `rebase`: the next events frame's first_seq."""
+        held, self._held = self._held or [], None
+        self._rebase = rebase
+        for frame in (*replay, *held):
+            self.deliver(frame)
+        if self.group is not None and self.caught_up():
+            self.group.catch_up(self)
+
+    def _enqueue(self, frame: Frame) -> None:
         if self.group is not None:
             self.group.lag(self)  # out of the broadcast until the queue has drained
         if self._queue is None:
             self._queue = deque()
-        self._queue.append((frame, coalesced_from))
+        self._queue.append(frame)
         self._queued_bytes += len(frame.data(self.codec, self._encoder))
         if len(self._queue) > self._max_frames or self._queued_bytes > self._max_bytes:
             self._overflow()
@@ -190,21 +240,23 @@ class Connection:
         self.shutdown(CLOSE_SLOW_CONSUMER, "slow consumer")
 
     def _coalesce(self) -> bool:
-        queue = self._queue or ()
-        controls = [e for e in queue if e[0].kind == FrameKind.CONTROL]
-        events = [e for e in queue if e[0].kind == FrameKind.EVENTS]
+        queue = list(self._queue or ())
+        # Only the event frames after the last control one: a reset between two frames means
+        # they belong to different stretches of the sequence, and merging must not hide it.
+        cut = max((i for i, f in enumerate(queue) if f.kind == FrameKind.CONTROL), default=-1) + 1
+        head, events = queue[:cut], queue[cut:]
         if len(events) < 2:
             return False
-        first = events[0][1] or events[0][0].seq
-        merged = coalesce_payloads([f for f, _ in events])
-        frame = Frame(events[-1][0].seq, FrameKind.EVENTS, merged)
+        # One frame covering the whole range: the header says so, no note needed.
+        merged = coalesce_payloads(events)
+        frame = Frame(events[0].first_seq, events[-1].seq, FrameKind.EVENTS, merged)
         size = len(frame.data(self.codec, self._encoder))
         # The hard bound: one merged frame that alone exceeds the byte budget cannot be helped.
         if size > self._max_bytes:
             return False
         self._metrics.coalesced += 1
-        self._queue = deque([*controls, (frame, first)])
-        self._queued_bytes = sum(len(f.data(self.codec, self._encoder)) for f, _ in self._queue)
+        self._queue = deque([*head, frame])
+        self._queued_bytes = sum(len(f.data(self.codec, self._encoder)) for f in self._queue)
         return True
 
     def shutdown(self, code: int, reason: str) -> None:
@@ -247,13 +299,10 @@ class Connection:
                 while self._queue and self.close_code is None:
                     # Taken off before the write: a coalesce meanwhile must not merge a frame
                     # that is already on its way.
-                    frame, coalesced_from = self._queue.popleft()
+                    frame = self._queue.popleft()
                     self._queued_bytes -= len(frame.data(self.codec, self._encoder))
                     self._in_flight = True
                     try:
-                        if coalesced_from:
-                            # Tells the client the next frame stands for seqs coalesced_from..seq.
-                            await self._write(coalesced_note(frame.seq, coalesced_from))
                         await self._write(frame)
                     finally:
                         self._in_flight = False

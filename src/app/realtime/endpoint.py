@@ -31,13 +31,14 @@ from ..events import Event
 from ..openapi import Operation
 from ..responses import OrjsonResponse
 from ..validation import read_json
+from .broker import HistoryUnavailable
 from .caps import CapExceeded, Lease
-from .connections import CLOSE_POLICY, Connection
+from .connections import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, Connection
 from .ws_protocol import EXTENSION
 
 log = logging.getLogger("app.realtime")
 
-SUBPROTOCOL = "streamcore.v1"
+SUBPROTOCOL = "streamcore.v2"
 BEARER_SUBPROTOCOL = "bearer."
 CAP_RETRY_AFTER_S = 5
 _EPOCH = re.compile(r"^[0-9a-f]{1,32}$")
@@ -216,7 +217,13 @@ async def stream(ws: WebSocket) -> None:
             metrics=metrics,
             encoder=hub.encoder,
         )
-        hub.subscribe(conn, properties, epoch, last_seq)
+        try:
+            await hub.subscribe(conn, properties, epoch, last_seq)
+        except HistoryUnavailable:
+            # The org's sequence cannot be joined (the broker is away): come back later.
+            conn = None
+            await ws.close(CLOSE_SLOW_CONSUMER, "realtime broker unavailable")
+            return
         conn.start()
         await _until_closed(ws, conn)
     except (WebSocketDisconnect, OSError):
@@ -322,19 +329,15 @@ async def publish(request: Request) -> Response:
             for pid in sorted(pids):
                 if not await accounts.property_in_org(db, pid, who.org_id):
                     raise NotFound(f"Property {pid} not found.")
-    fanout = getattr(request.app.state, "fanout", None)
-    if fanout is not None:
-        try:
-            await fanout.publish_now(events)
-        except Exception:
-            raise ApiError(
-                "The realtime fan-out is unavailable; retry later.",
-                status=503,
-                code="service_unavailable",
-                headers={"Retry-After": "1"},
-            ) from None
-    else:
-        request.app.state.hub.ingest_many(events)
+    try:
+        await request.app.state.broker.publish_now(events)
+    except Exception:
+        raise ApiError(
+            "The realtime broker is unavailable; retry later.",
+            status=503,
+            code="service_unavailable",
+            headers={"Retry-After": "1"},
+        ) from None
     return OrjsonResponse({"accepted": len(events)}, status_code=202)
 
 

@@ -1,8 +1,7 @@
-"""Frames as the hub keeps them: one flushed window (or control message), bytes built once.
+"""Frames as the hub builds them: one flushed window (or control message), bytes built once.
 
-A Frame holds its events until the broadcast is done, then only its compressed bytes (what the
-history keeps); the slow paths (replay in another codec, coalescing a lagging socket's queue)
-rebuild what they need from those.
+A Frame holds its events until the broadcast is done, then only its compressed bytes (what a
+lagging socket's queue keeps); the slow path (coalescing that queue) rebuilds what it needs.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import sys
 
 import orjson
 
-from streamcore import Codec, Conflator, FrameEncoder, FrameKind
+from streamcore import Codec, Conflator, FrameEncoder
 from streamcore.protocol import decode_frame
 
 from .ws_protocol import ws_header
@@ -20,23 +19,27 @@ from .ws_protocol import ws_header
 class Frame:
     """One flushed window (or control message), its bytes built lazily once per codec."""
 
-    __slots__ = ("_data", "_keys", "_payloads", "_wire", "kind", "seq", "t")
+    __slots__ = ("_data", "_keys", "_payloads", "_wire", "first_seq", "kind", "seq")
 
     def __init__(
         self,
+        first_seq: int,
         seq: int,
         kind: int,
         payloads: list[bytes] | None,
         data: dict[int, bytes] | None = None,
-        t: float = 0.0,
     ) -> None:
+        self.first_seq = first_seq  # an events frame covers positions first_seq..seq
         self.seq = seq
         self.kind = kind
         self._payloads = payloads
         self._data: dict[int, bytes] = data or {}
         self._wire: dict[Codec, bytes] = {}
         self._keys: list[str | None] | None = None
-        self.t = t
+
+    def rebased(self, first_seq: int) -> Frame:
+        """The same events, covering positions from first_seq (after a replay that found none)."""
+        return Frame(first_seq, self.seq, self.kind, self.payloads)
 
     def keys(self) -> list[str | None]:
         """Each event's conflation key (None: keep it), parsed once for every lagging socket."""
@@ -62,7 +65,7 @@ class Frame:
         return total
 
     def settle(self) -> None:
-        """Keep only the compressed frames once the broadcast is done (what history holds).
+        """Keep only the compressed frames once the broadcast is done (what lagging queues hold).
 
         The payload list and the WebSocket-wrapped copies are 5-50x the compressed size; the slow
         paths that need them again (replay in another codec, coalescing) rebuild them.
@@ -77,7 +80,7 @@ class Frame:
         if frame is None:
             # Int keys (not the enum) keep the dict of bytes untracked by the collector.
             frame = self._data[int(codec)] = encoder.encode(
-                self.seq, self.payloads, codec, self.kind
+                self.seq, self.payloads, codec, self.kind, self.first_seq
             )
         return frame
 
@@ -88,12 +91,6 @@ class Frame:
             frame = self.data(codec, encoder)
             wire = self._wire[codec] = ws_header(len(frame)) + frame
         return wire
-
-
-def coalesced_note(seq: int, first_seq: int) -> Frame:
-    """The control frame announcing that the next event frame merges first_seq..seq."""
-    body = orjson.dumps({"type": "coalesced", "first_seq": first_seq, "seq": seq})
-    return Frame(seq, FrameKind.CONTROL, [body])
 
 
 def conflation_keys(payloads: list[bytes]) -> list[str | None]:

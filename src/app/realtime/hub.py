@@ -1,7 +1,12 @@
-"""The hub: one per process. Channels, their windows, the flusher and the bounded history.
+"""The hub: one per process. Channels, their windows and the flusher.
 
-write -> Hub.ingest -> the channel's Conflator -> WindowScheduler -> flush: encode once per codec
-in use -> history -> the same bytes to every subscriber of that codec.
+broker (positions) -> Hub.on_batch -> the channel's Conflator -> WindowScheduler -> flush: encode
+once per codec in use -> the same bytes to every subscriber of that codec.
+
+A frame covers a range of positions of its org's one sequence (docs/PROTOCOL.md): the broker
+numbers events, this process only windows them, so a client can resume on any instance. The hub
+knows no Redis and no sockets: it is handed batches, and asks its source (the broker) for
+history when a client resumes.
 
 The flusher is a timer callback on the event loop set for `scheduler.next_deadline()`, not a task
 that polls: a flush touches only the channels whose window is due, so 100,000 quiet orgs cost
@@ -13,13 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import secrets
-import sys
 import time
-from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import orjson
 
@@ -34,12 +36,14 @@ from streamcore import (
 )
 
 from ..events import Event
+from .broker import Batch, History, HistoryUnavailable, Position
 from .frames import Frame
 
 log = logging.getLogger("app.realtime")
 
 ChannelKey = tuple[int, frozenset[int] | None]  # (org, properties or None for the whole org)
 SWEEP_CHUNK = 5_000  # channels looked at per event-loop turn by the sweeper (~5 ms, measured)
+SWEEP_INTERVAL_S = 60.0  # idle windows freed this often; not so often that 100,000 show in CPU
 
 
 @dataclass
@@ -60,7 +64,7 @@ class RealtimeMetrics:
     coalesced: int = 0
     resumes: int = 0
     resets: int = 0
-    fanout_interruptions: int = 0
+    reset_reasons: dict[str, int] = field(default_factory=dict)
     stale_dropped: int = 0  # versioned states older than one the channel already took
 
 
@@ -118,15 +122,30 @@ class Subscribers:
         return sent
 
 
+class OrgStream:
+    """Where an org's sequence stands in this process: its epoch and the newest position taken."""
+
+    __slots__ = ("channels", "epoch", "position", "users")
+
+    def __init__(self, epoch: str, position: int) -> None:
+        self.epoch = epoch
+        self.position = position
+        self.channels: list[Channel] = []  # the whole org's and its narrowed ones
+        self.users = 0  # subscribers joined (and not yet left) through the source
+
+
 class Channel:
-    """An org's stream (or a narrowing of it to some properties): seq, window, history."""
+    """An org's stream (or a narrowing of it to some properties): its window and subscribers.
+
+    `seq` is the newest position of the org's sequence this channel has framed: its next frame
+    covers seq + 1 .. the org's position at that flush, whichever of those events it selects.
+    """
 
     __slots__ = (
         "conflator",
-        "epoch",
-        "history",
         "key",
         "opened_ms",
+        "org",
         "org_id",
         "properties",
         "sched_id",
@@ -135,21 +154,21 @@ class Channel:
         "versions",
     )
 
-    def __init__(self, sched_id: int, key: ChannelKey, history_frames: int) -> None:
+    def __init__(self, sched_id: int, key: ChannelKey, org: OrgStream) -> None:
         self.sched_id = sched_id
         self.key = key
         self.org_id, self.properties = key
-        # A new epoch per channel object: seqs of another process or of an earlier life of this
-        # channel mean nothing here, and a resume naming them gets `reset`, not a silent gap.
-        self.epoch = secrets.token_hex(6)
-        self.seq = 0
+        self.org = org
+        self.seq = org.position
         # None while the channel is idle: the sweeper frees it, the next event makes a new one.
-        # At 100,000 channels the collector's full pass grows with every object a channel keeps.
         self.conflator: Conflator | None = Conflator()
-        self.history: deque[Frame] = deque(maxlen=history_frames)
         self.subscribers: dict[Codec, Subscribers] = {}
         self.opened_ms: float | None = None  # first event of the pending window (metrics)
         self.versions: dict[str, int] = {}  # the newest version taken, per versioned key
+
+    @property
+    def epoch(self) -> str:
+        return self.org.epoch
 
     @property
     def name(self) -> str:
@@ -165,22 +184,43 @@ class Channel:
         return sum(len(s) for s in self.subscribers.values())
 
     def control(self, message: dict[str, Any]) -> Frame:
-        return Frame(self.seq, FrameKind.CONTROL, [orjson.dumps(message)])
+        return Frame(self.seq, self.seq, FrameKind.CONTROL, [orjson.dumps(message)])
 
     def reset_message(self, reason: str) -> dict[str, Any]:
-        oldest = self.history[0].seq if self.history else self.seq + 1
         return {
             "type": "reset",
             "channel": self.name,
             "epoch": self.epoch,
             "seq": self.seq,
-            "oldest_seq": oldest,
             "reason": reason,
         }
 
+    def selects(self, event: Event) -> bool:
+        return self.properties is None or event.property_id in self.properties
+
+
+class Source(Protocol):
+    """Where the hub's events come from (a broker): routing per org, and history for resume."""
+
+    async def join(self, org_id: int) -> Position: ...
+
+    def leave(self, org_id: int) -> None: ...
+
+    async def history(self, org_id: int, after: int) -> History: ...
+
+
+class ResumeFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+RESUME_WAIT_S = 2.0  # how long a resume waits for this instance to reach the client's position
+REPLAY_FRAME_EVENTS = 1000  # events conflated into one replayed frame, at most
+
 
 class Hub:
-    """Channels of this process and the timer that flushes them."""
+    """Channels of this process and the timer that flushes them (the broker's BatchSink)."""
 
     def __init__(
         self,
@@ -189,8 +229,6 @@ class Hub:
         window_max_ms: float,
         compression_threshold: int,
         zstd_level: int,
-        history_frames: int,
-        history_age_s: float,
         send_buffer_limit: int = 1 << 20,
         flush_budget: float = 0.4,
     ) -> None:
@@ -198,28 +236,26 @@ class Hub:
         self.send_buffer_limit = send_buffer_limit
         self.scheduler = WindowScheduler(window_min_ms, window_max_ms, flush_budget=flush_budget)
         self.encoder = FrameEncoder(compression_threshold, zstd_level)
-        self.history_frames = history_frames
-        self.history_age_s = history_age_s
         self.metrics = RealtimeMetrics()
         # Seconds, read by app.metrics once per scrape: a window's first event -> its flush, and
         # -> its frame handed to every socket (the frame's oldest event, so its worst case).
         self.window_lengths = Histogram()
         self.delivery = Histogram()
+        self.source: Source | None = None  # set by whoever makes the broker (realtime.start)
+        self.instance = ""  # named in hello, so a client (and an operator) knows where it is
+        self._orgs: dict[int, OrgStream] = {}
         self._channels: dict[ChannelKey, Channel] = {}
         self._by_sched: dict[int, Channel] = {}
-        self._narrowed: dict[int, list[Channel]] = {}  # org -> channels narrowed to properties
         self._next_sched_id = 1
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Handle | None = None
         self._sweep_queue: list[Channel] = []
+        self._flushed: dict[ChannelKey, asyncio.Event] = {}  # resumes waiting for a flush
         self.connections: set[Any] = set()
 
-    @property
-    def sweep_interval_s(self) -> float:
-        # Half the history age, but not so often that sweeping 100,000 channels shows in CPU.
-        return max(self.history_age_s / 2, 10.0)
+    sweep_interval_s = SWEEP_INTERVAL_S
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -243,35 +279,18 @@ class Hub:
                 self._sweeper = self._loop.call_later(self.sweep_interval_s, self._sweep_timer)
 
     def sweep(self, channels: Iterable[Channel] | None = None) -> int:
-        """Forget channels nobody watches whose history has aged out; return how many.
+        """Free the window of every channel that has nothing pending; return how many.
 
-        A quiet org then costs nothing at all (~3 KB while it has a channel); a client that
-        resumes into a forgotten channel gets `reset` (its epoch is gone), as its history was.
-        The timer sweeps in chunks of SWEEP_CHUNK channels; called alone, it sweeps them all.
+        At 100,000 channels the collector's full pass grows with every object a channel keeps;
+        a channel without subscribers is dropped when its last one leaves, not here.
         """
-        horizon = self.now_ms() - self.history_age_s * 1000.0
-        stale = []
+        freed = 0
         for ch in self._channels.values() if channels is None else channels:
-            if ch.pending() or self.scheduler.is_active(ch.sched_id):
-                continue
-            if self._channels.get(ch.key) is not ch:
-                continue  # dropped since the chunk was listed
-            if not ch.subscribers and (not ch.history or ch.history[-1].t < horizon):
-                stale.append(ch)
-            else:
-                ch.conflator = None  # idle for now: no window open, nothing pending
-        for ch in stale:
-            self._drop_channel(ch)
-        return len(stale)
-
-    def history_bytes(self) -> int:
-        """Bytes the resume history holds: every kept frame's bytes and its objects."""
-        total = 0
-        for ch in self._channels.values():
-            total += sys.getsizeof(ch.history)
-            for frame in ch.history:
-                total += frame.nbytes()
-        return total
+            idle = ch.conflator is not None and not ch.pending()
+            if idle and not self.scheduler.is_active(ch.sched_id):
+                ch.conflator = None
+                freed += 1
+        return freed
 
     def now_ms(self) -> float:
         assert self._loop is not None, "Hub.bind(loop) first"
@@ -279,66 +298,87 @@ class Hub:
 
     # -- channels ------------------------------------------------------------------------------
 
-    def channel(self, key: ChannelKey, create: bool = True) -> Channel | None:
+    def channel(self, key: ChannelKey) -> Channel | None:
+        return self._channels.get(key)
+
+    def _open_channel(self, key: ChannelKey, org: OrgStream) -> Channel:
         ch = self._channels.get(key)
-        if ch is None and create:
-            ch = Channel(self._next_sched_id, key, self.history_frames)
+        if ch is None:
+            ch = Channel(self._next_sched_id, key, org)
             self._next_sched_id += 1
             self._channels[key] = ch
             self._by_sched[ch.sched_id] = ch
-            if key[1] is not None:
-                self._narrowed.setdefault(key[0], []).append(ch)
+            org.channels.append(ch)
         return ch
 
     def _drop_channel(self, ch: Channel) -> None:
-        # Narrowed channels go with their last subscriber; org channels when sweep() finds them
-        # unwatched and their history expired.
         self.scheduler.forget(ch.sched_id)
         del self._channels[ch.key]
         del self._by_sched[ch.sched_id]
-        if ch.properties is not None:
-            siblings = self._narrowed[ch.org_id]
-            siblings.remove(ch)
-            if not siblings:
-                del self._narrowed[ch.org_id]
+        ch.org.channels.remove(ch)
+        if not ch.org.channels and not ch.org.users:
+            del self._orgs[ch.org_id]
 
-    # -- events in -----------------------------------------------------------------------------
+    # -- events in (the broker's sink) -----------------------------------------------------------
 
-    def ingest(self, event: Event) -> None:
-        """Put one event into its org's channels (called by the EventBus or the fan-out)."""
-        whole = self._channels.get((event.org_id, None))
-        narrowed = self._narrowed.get(event.org_id)
-        channels: Iterable[Channel]
-        if narrowed is None:
-            channels = (whole or self.channel((event.org_id, None)),)  # type: ignore[assignment]
-        else:
-            channels = narrowed if whole is None else (whole, *narrowed)
-        prop = event.property_id
+    def on_batch(self, org_id: int, epoch: str, batch: Batch) -> None:
+        """Take a batch of the org's sequence: the events at positions batch.first.."""
+        org = self._orgs.get(org_id)
+        if org is None:
+            return  # nobody here watches this org
+        if epoch != org.epoch:
+            self.on_reset(org_id, epoch, batch.first - 1, "history_lost")
+        if batch.last <= org.position:
+            return  # already taken
+        if batch.first > org.position + 1:
+            # The broker delivers in order or resets first; a hole here is a bug, not a wait.
+            self.on_reset(org_id, epoch, batch.first - 1, "events_lost")
+        events = batch.events
+        if batch.first <= org.position:
+            events = events[org.position + 1 - batch.first :]
+        org.position = batch.last
         now = None
-        for ch in channels:
-            if ch.properties is not None and prop not in ch.properties:
-                continue
-            if event.version is not None and event.key is not None:
-                if event.version <= ch.versions.get(event.key, -1):
-                    self.metrics.stale_dropped += 1
-                    continue  # a newer snapshot of this entity is already in the stream
-                ch.versions[event.key] = event.version
-            conflator = ch.conflator
-            if conflator is None:
-                conflator = ch.conflator = Conflator()
-            key = event.key if event.conflatable else None
-            conflator.push(key, event.payload, event.conflatable)
-            if now is None:
-                now = self.now_ms()
-            if ch.opened_ms is None:
-                ch.opened_ms = now
-            if self.scheduler.touch(ch.sched_id, now):
-                self._arm()
-        self.metrics.events_in += 1
+        for ch in org.channels:
+            for event in events:
+                if ch.properties is not None and event.property_id not in ch.properties:
+                    continue
+                if event.version is not None and event.key is not None:
+                    if event.version <= ch.versions.get(event.key, -1):
+                        self.metrics.stale_dropped += 1
+                        continue  # a newer snapshot of this entity is already in the stream
+                    ch.versions[event.key] = event.version
+                conflator = ch.conflator
+                if conflator is None:
+                    conflator = ch.conflator = Conflator()
+                conflator.push(
+                    event.key if event.conflatable else None, event.payload, event.conflatable
+                )
+                if now is None:
+                    now = self.now_ms()
+                if ch.opened_ms is None:
+                    ch.opened_ms = now
+                if self.scheduler.touch(ch.sched_id, now):
+                    self._arm()
+        self.metrics.events_in += len(events)
 
-    def ingest_many(self, events: Iterable[Event]) -> None:
-        for event in events:
-            self.ingest(event)
+    def on_reset(self, org_id: int, epoch: str, position: int, reason: str) -> None:
+        """The org's sequence is not continuous here: its subscribers must reload."""
+        org = self._orgs.get(org_id)
+        if org is None:
+            return
+        org.epoch, org.position = epoch, position
+        reasons = self.metrics.reset_reasons
+        for ch in org.channels:
+            if ch.conflator is not None:
+                ch.conflator.drain()  # what the old sequence had pending is not to be trusted
+            ch.opened_ms = None
+            ch.seq = position
+            msg = ch.control(ch.reset_message(reason))
+            for subs in ch.subscribers.values():
+                for conn in tuple(subs):
+                    self.metrics.resets += 1
+                    reasons[reason] = reasons.get(reason, 0) + 1
+                    conn.send_control(msg)
 
     # -- the flusher ---------------------------------------------------------------------------
 
@@ -385,37 +425,48 @@ class Hub:
         return built
 
     def _emit(self, ch: Channel, payloads: list[bytes], now: float) -> None:
-        ch.seq += 1
-        codecs = [c for c, subs in ch.subscribers.items() if subs] or [Codec.ZSTD]
-        data = self.encoder.encode_many(ch.seq, payloads, codecs)
-        frame = Frame(ch.seq, FrameKind.EVENTS, payloads, {int(c): b for c, b in data.items()}, now)
-        ch.history.append(frame)
-        horizon = now - self.history_age_s * 1000.0
-        while ch.history and ch.history[0].t < horizon:
-            ch.history.popleft()
+        first, ch.seq = ch.seq + 1, ch.org.position
         self.metrics.frames_flushed += 1
         self.metrics.events_out += len(payloads)
-        limit = self.send_buffer_limit
-        for codec, subs in ch.subscribers.items():
-            self.metrics.frames_sent += subs.deliver(frame, codec, self.encoder, limit)
-        frame.settle()
+        if ch.subscribers:
+            codecs = [c for c, subs in ch.subscribers.items() if subs]
+            data = self.encoder.encode_many(ch.seq, payloads, codecs, first_seq=first)
+            frame = Frame(
+                first, ch.seq, FrameKind.EVENTS, payloads, {int(c): b for c, b in data.items()}
+            )
+            limit = self.send_buffer_limit
+            for codec, subs in ch.subscribers.items():
+                self.metrics.frames_sent += subs.deliver(frame, codec, self.encoder, limit)
+            frame.settle()
         if ch.opened_ms is not None:
             self.window_lengths.record(max(0.0, now - ch.opened_ms) / 1000.0)
             self.delivery.record(max(0.0, self.now_ms() - ch.opened_ms) / 1000.0)
             ch.opened_ms = None
+        waiting = self._flushed.pop(ch.key, None)
+        if waiting is not None:
+            waiting.set()
 
     # -- subscribers ---------------------------------------------------------------------------
 
-    def subscribe(
+    async def subscribe(
         self,
         conn: Any,
         properties: frozenset[int] | None,
         resume_epoch: str | None,
         resume_seq: int | None,
     ) -> Channel:
-        """Attach a connection: hello, then the frames it missed or a reset (all synchronous)."""
-        ch = self.channel((conn.org_id, properties))
-        assert ch is not None
+        """Attach a connection: hello, then what it missed (or a reset), then the live stream.
+
+        Raises HistoryUnavailable when the org's sequence cannot be joined (the broker is away).
+        """
+        assert self.source is not None, "a source (broker) first"
+        org_id = conn.org_id
+        position = await self.source.join(org_id)
+        org = self._orgs.get(org_id)
+        if org is None:
+            org = self._orgs[org_id] = OrgStream(position.epoch, position.top)
+        org.users += 1
+        ch = self._open_channel((org_id, properties), org)
         conn.channel = ch
         conn.send_control(
             ch.control(
@@ -426,12 +477,20 @@ class Hub:
                     "seq": ch.seq,
                     "codec": conn.codec.name.lower(),
                     "connection_id": conn.id,
+                    "instance": self.instance,
+                    "protocol": 2,
                 }
             )
         )
         if resume_seq is not None:
+            conn.hold()  # live frames wait behind what the resume sends
+        self._attach(ch, conn)
+        if resume_seq is not None:
             self.metrics.resumes += 1
-            self._replay(ch, conn, resume_epoch, resume_seq)
+            await self._resume(ch, conn, resume_epoch, resume_seq)
+        return ch
+
+    def _attach(self, ch: Channel, conn: Any) -> None:
         group = ch.subscribers.get(conn.codec)
         if group is None:
             group = ch.subscribers[conn.codec] = Subscribers()
@@ -439,27 +498,136 @@ class Hub:
         group.add(conn)
         self.connections.add(conn)
         self.metrics.connections = len(self.connections)
-        return ch
 
-    def _replay(self, ch: Channel, conn: Any, epoch: str | None, last_seq: int) -> None:
-        horizon = self.now_ms() - self.history_age_s * 1000.0
-        while ch.history and ch.history[0].t < horizon:
-            ch.history.popleft()
-        if epoch != ch.epoch:
-            reason = "epoch_changed"
-        elif last_seq > ch.seq:
-            reason = "unknown_seq"
-        elif last_seq == ch.seq:
+    async def _resume(self, ch: Channel, conn: Any, epoch: str | None, last_seq: int) -> None:
+        start, epoch_now = ch.seq, ch.epoch
+        try:
+            if epoch != ch.epoch:
+                raise ResumeFailed("epoch_changed")
+            frames, rebase = await self._catch_up(ch, conn, last_seq, start)
+        except ResumeFailed as failed:
+            if ch.epoch != epoch_now:
+                conn.release([], None)  # a reset is already among the held frames
+                return
+            self.metrics.resets += 1
+            self.metrics.reset_reasons[failed.reason] = (
+                self.metrics.reset_reasons.get(failed.reason, 0) + 1
+            )
+            # The held frames follow `start` contiguously, so the client continues from there.
+            conn.release([ch.control({**ch.reset_message(failed.reason), "seq": start})], None)
             return
-        elif ch.history and ch.history[0].seq <= last_seq + 1:
-            for frame in ch.history:
-                if frame.seq > last_seq:
-                    conn.send_control(frame)  # queued in order, before any new frame
-            return
-        else:
-            reason = "history_expired"
-        self.metrics.resets += 1
-        conn.send_control(ch.control(ch.reset_message(reason)))
+        conn.release(frames, rebase)
+
+    async def _catch_up(
+        self, ch: Channel, conn: Any, at: int, start: int
+    ) -> tuple[list[Frame], int | None]:
+        """The frames that take a client from `at` to the first frame it holds (or `start`).
+
+        Returns them and, when the range they cover selected no event of this channel, the
+        first_seq the next frame must be rebased to (so that the client sees no hole).
+        """
+        assert self.source is not None
+        assert self._loop is not None
+        deadline = self._loop.time() + RESUME_WAIT_S
+        epoch = ch.epoch
+        origin = at
+        frames: list[Frame] = []
+        while True:
+            try:
+                history = await self.source.history(ch.org_id, at)
+            except HistoryUnavailable:
+                raise ResumeFailed("history_unavailable") from None
+            if ch.epoch != epoch or self._channels.get(ch.key) is not ch:
+                raise ResumeFailed("epoch_changed")
+            if history.epoch != epoch:
+                raise ResumeFailed("epoch_changed")
+            if at > history.top:
+                raise ResumeFailed("unknown_seq")
+            if not history.covers(at):
+                raise ResumeFailed("history_expired")
+            # Where the replay ends: at `start`, or, when this instance is behind the one the
+            # client came from, where the first frame held since then ends (it is rebuilt).
+            end = start
+            if at >= start:
+                conn.drop_held_through(at)
+                head = conn.first_held_events()
+                if head is None:
+                    if at == start:
+                        break
+                    await self._wait_flush(ch, deadline)  # the events it saw elsewhere come
+                    continue
+                if head.first_seq == at + 1:
+                    break
+                end = head.seq
+                conn.drop_first_held_events()
+            if end > at:
+                built, at = self._replay(ch, history, at, end)
+                if built:
+                    frames.extend(built)
+                elif frames:  # this stretch selected nothing: the previous frame covers it
+                    last = frames[-1]
+                    frames[-1] = Frame(last.first_seq, at, FrameKind.EVENTS, last.payloads)
+            if at >= end and at >= start:
+                break
+            # The read stopped short (it is bounded), or the held frames moved: go on from `at`.
+        if frames or at == origin:
+            return frames, None
+        return frames, origin + 1
+
+    async def _wait_flush(self, ch: Channel, deadline: float) -> None:
+        assert self._loop is not None
+        left = deadline - self._loop.time()
+        if left <= 0:
+            raise ResumeFailed("history_unavailable")
+        waiting = self._flushed.get(ch.key)
+        if waiting is None:
+            waiting = self._flushed[ch.key] = asyncio.Event()
+        try:
+            await asyncio.wait_for(waiting.wait(), left)
+        except TimeoutError:
+            raise ResumeFailed("history_unavailable") from None
+
+    def _replay(self, ch: Channel, history: History, at: int, end: int) -> tuple[list[Frame], int]:
+        """Frames for positions at+1..end from the history, conflated as live windows would be.
+
+        Returns them and the position they reach (short of end if the history read was).
+        """
+        frames: list[Frame] = []
+        conflator = Conflator()
+        versions: dict[str, int] = {}
+        first = at + 1
+        reached = at
+        for batch in history.batches:
+            if batch.last <= at:
+                continue
+            if batch.first > end:
+                break
+            if batch.lost:
+                raise ResumeFailed("events_lost")
+            for pos, event in enumerate(batch.events, batch.first):
+                if pos <= at:
+                    continue
+                if pos > end:
+                    break
+                reached = pos
+                if not ch.selects(event):
+                    continue
+                if event.version is not None and event.key is not None:
+                    if event.version <= versions.get(event.key, -1):
+                        continue
+                    versions[event.key] = event.version
+                conflator.push(
+                    event.key if event.conflatable else None, event.payload, event.conflatable
+                )
+                if len(conflator) >= REPLAY_FRAME_EVENTS:
+                    frames.append(Frame(first, reached, FrameKind.EVENTS, conflator.drain()))
+                    first = reached + 1
+        if len(conflator):
+            frames.append(Frame(first, reached, FrameKind.EVENTS, conflator.drain()))
+        elif frames and reached > frames[-1].seq:
+            last = frames[-1]  # the tail selected nothing: the last frame covers it
+            frames[-1] = Frame(last.first_seq, reached, FrameKind.EVENTS, last.payloads)
+        return frames, reached
 
     def unsubscribe(self, conn: Any) -> None:
         self.connections.discard(conn)
@@ -473,17 +641,14 @@ class Hub:
             if not subs:
                 del ch.subscribers[conn.codec]
         conn.group = None
-        if ch.properties is not None and not ch.subscribers and ch.key in self._channels:
+        conn.channel = None
+        ch.org.users -= 1
+        if not ch.subscribers and self._channels.get(ch.key) is ch:
             self._drop_channel(ch)
-
-    def reset_all(self, reason: str) -> None:
-        """Tell every subscriber its stream may have lost events (e.g. the fan-out broke)."""
-        for ch in list(self._channels.values()):
-            msg = ch.control(ch.reset_message(reason))
-            for subs in ch.subscribers.values():
-                for conn in tuple(subs):
-                    self.metrics.resets += 1
-                    conn.send_control(msg)
+        elif not ch.org.channels and not ch.org.users:
+            self._orgs.pop(ch.org_id, None)
+        if self.source is not None:
+            self.source.leave(ch.org_id)
 
     def shutdown_connections(self, code: int, reason: str) -> None:
         for conn in tuple(self.connections):

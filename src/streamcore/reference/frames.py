@@ -41,10 +41,16 @@ def check_codec(codec: object) -> Codec:
     return Codec(value)
 
 
-def build_body(seq: object, payloads: object, kind: object = 0) -> tuple[bytes, int]:
+def build_body(
+    seq: object, payloads: object, kind: object = 0, first_seq: object = None
+) -> tuple[bytes, int]:
     """Validate a window; return its JSON array body and its payload count."""
     if _check_int("seq", seq) < 0 or seq > MAX_SEQ:  # type: ignore[operator]
         raise StreamcoreValueError(f"seq must fit an unsigned 64-bit integer, got {seq}")
+    if first_seq is not None:
+        _check_int("first_seq", first_seq)
+        if not 0 <= first_seq <= seq:  # type: ignore[operator]
+            raise StreamcoreValueError(f"first_seq must be in 0..seq ({seq}), got {first_seq}")
     if not 0 <= _check_int("kind", kind) <= 1:
         raise StreamcoreValueError(f"unknown frame kind {kind}: expected 0 (events), 1 (control)")
     if isinstance(payloads, (bytes, bytearray, memoryview, str)):
@@ -102,9 +108,16 @@ class ReferenceFrameEncoder:
         return (packed, codec) if len(packed) < len(body) else (body, Codec.NONE)
 
     def _emit(
-        self, seq: int, count: int, kind: int, body: bytes, wire_body: bytes, applied: Codec
+        self,
+        seq: int,
+        first_seq: int,
+        count: int,
+        kind: int,
+        body: bytes,
+        wire_body: bytes,
+        applied: Codec,
     ) -> bytes:
-        header = HEADER.pack(MAGIC, VERSION, applied, kind, 0, 0, seq, count, len(body))
+        header = HEADER.pack(MAGIC, VERSION, applied, kind, 0, 0, seq, first_seq, count, len(body))
         self.frames += 1
         self.compressed_frames += applied is not Codec.NONE
         self.raw_bytes += len(header) + len(body)
@@ -112,20 +125,32 @@ class ReferenceFrameEncoder:
         return header + wire_body
 
     def encode(
-        self, seq: int, payloads: Sequence[bytes], codec: Codec | int = Codec.ZSTD, kind: int = 0
+        self,
+        seq: int,
+        payloads: Sequence[bytes],
+        codec: Codec | int = Codec.ZSTD,
+        kind: int = 0,
+        first_seq: int | None = None,
     ) -> bytes:
         codec = check_codec(codec)
-        body, count = build_body(seq, payloads, kind)
+        body, count = build_body(seq, payloads, kind, first_seq)
+        first = seq if first_seq is None else first_seq
         wire_body, applied = self._pack(body, codec)
-        return self._emit(seq, count, kind, body, wire_body, applied)
+        return self._emit(seq, first, count, kind, body, wire_body, applied)
 
     def encode_many(
-        self, seq: int, payloads: Sequence[bytes], codecs: Iterable[Codec | int], kind: int = 0
+        self,
+        seq: int,
+        payloads: Sequence[bytes],
+        codecs: Iterable[Codec | int],
+        kind: int = 0,
+        first_seq: int | None = None,
     ) -> dict[Codec, bytes]:
         if isinstance(codecs, (str, bytes)):
             raise StreamcoreTypeError("codecs must be an iterable of Codec, not a single str")
         wanted = [check_codec(c) for c in codecs]
-        body, count = build_body(seq, payloads, kind)
+        body, count = build_body(seq, payloads, kind, first_seq)
+        first = seq if first_seq is None else first_seq
         out: dict[Codec, bytes] = {}
         raw: bytes | None = None  # one uncompressed frame, shared by every codec that ends up raw
         for codec in wanted:
@@ -134,10 +159,10 @@ class ReferenceFrameEncoder:
             wire_body, applied = self._pack(body, codec)
             if applied is Codec.NONE:
                 if raw is None:
-                    raw = self._emit(seq, count, kind, body, body, Codec.NONE)
+                    raw = self._emit(seq, first, count, kind, body, body, Codec.NONE)
                 out[codec] = raw
             else:
-                out[codec] = self._emit(seq, count, kind, body, wire_body, applied)
+                out[codec] = self._emit(seq, first, count, kind, body, wire_body, applied)
         return out
 
 

@@ -26,6 +26,8 @@ RULES_TEST = DEPLOY / "prometheus" / "slo_rules_test.yml"
 CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 REPLICA_RULES = DEPLOY / "prometheus" / "replica_rules.yml"
 REPLICA_RULES_TEST = DEPLOY / "prometheus" / "replica_rules_test.yml"
+REALTIME_RULES = DEPLOY / "prometheus" / "realtime_rules.yml"
+REALTIME_RULES_TEST = DEPLOY / "prometheus" / "realtime_rules_test.yml"
 REPLICA = {"name": "db2:5432/app", "up": True, "lag_s": 0.5, "lag_bytes": 1024}
 PROMTOOL = shutil.which("promtool")
 needs_promtool = pytest.mark.skipif(
@@ -48,6 +50,7 @@ def full_snapshot() -> Snapshot:
         snap.counters[f"cache_{level}_misses"] = 1
     snap.gauges = {"realtime_connections": 1, "db_pool_size": 10, "db_pool_in_use": 1}
     snap.gauges |= {"db_replica_pool_size": 10, "db_replica_pool_in_use": 1}
+    snap.gauges |= {"realtime_broker_outbox": 0, "realtime_broker_orgs": 1}
     snap.counters |= {"db_reads_replica": 1, "db_reads_primary": 1}
     snap.counters |= {f"db_replica_fallback_{r}": 1 for r in FALLBACK_REASONS}
     snap.org_connections = {7: 1}
@@ -131,7 +134,7 @@ def test_promtool_checks_rules_and_their_unit_tests() -> None:
 
 @needs_promtool
 def test_promtool_checks_the_scrape_config(tmp_path: Path) -> None:
-    for path in (CONFIG, RULES, REPLICA_RULES):
+    for path in (CONFIG, RULES, REPLICA_RULES, REALTIME_RULES):
         shutil.copy(path, tmp_path / path.name)
     (tmp_path / "streamcore_metrics_token").write_text("token\n")
     promtool("check", "config", str(tmp_path / CONFIG.name))
@@ -160,3 +163,17 @@ def test_replica_alerts_read_exported_series() -> None:
 def test_promtool_checks_the_replica_alerts_and_their_unit_tests() -> None:
     promtool("check", "rules", str(REPLICA_RULES))
     promtool("test", "rules", REPLICA_RULES_TEST.name, cwd=REPLICA_RULES_TEST.parent)
+
+
+def test_realtime_alerts_read_exported_series() -> None:
+    groups = yaml.safe_load(REALTIME_RULES.read_text())["groups"]
+    alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
+    assert set(alerts) == {"StreamcoreRealtimeEventsLost", "StreamcoreRealtimeOutboxBacklog"}
+    for rule in alerts.values():
+        assert referenced(rule["expr"]) <= exported_series(), rule
+
+
+@needs_promtool
+def test_promtool_checks_the_realtime_alerts_and_their_unit_tests() -> None:
+    promtool("check", "rules", str(REALTIME_RULES))
+    promtool("test", "rules", REALTIME_RULES_TEST.name, cwd=REALTIME_RULES_TEST.parent)

@@ -6,7 +6,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from app.realtime.hub import Frame, Hub
+from app.events import Event
+from app.realtime.broker import LocalBroker
+from app.realtime.hub import Channel, Frame, Hub
 from streamcore import Codec
 
 
@@ -68,17 +70,38 @@ class FakeLoop:
 
 
 def make_hub(loop: Any, **overrides: Any) -> Hub:
+    """A hub fed by a LocalBroker (hub.source): publish through it, as the app does."""
     settings: dict[str, Any] = {
         "window_min_ms": 30,
         "window_max_ms": 150,
         "compression_threshold": 1024,
         "zstd_level": 1,
-        "history_frames": 100,
-        "history_age_s": 600,
+    }
+    history = {
+        "history_events": overrides.pop("history_events", 10_000),
+        "history_age_s": overrides.pop("history_age_s", 600.0),
     }
     hub = Hub(**(settings | overrides))
     hub.bind(loop)
+    hub.source = LocalBroker(hub, **history)
     return hub
+
+
+def publish(hub: Hub, event: Event) -> None:
+    broker = hub.source
+    assert isinstance(broker, LocalBroker)
+    broker.publish(event)
+
+
+def subscribe_now(hub: Hub, conn: Any, properties: frozenset[int] | None = None) -> Channel:
+    """hub.subscribe without a running loop: with a LocalBroker and no resume it never waits."""
+    coro = hub.subscribe(conn, properties, None, None)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coro.close()
+    raise AssertionError("subscribe waited")
 
 
 class Subscriber:
@@ -86,10 +109,13 @@ class Subscriber:
 
     def __init__(self, org_id: int, codec: Codec = Codec.NONE) -> None:
         self.id, self.org_id, self.codec, self.channel = "sub", org_id, codec, None
+        self.group: Any = None
+        self.close_code = None
         self.frames: list[Frame] = []
+        self.controls: list[Frame] = []
 
     def deliver(self, frame: Frame) -> None:
         self.frames.append(frame)
 
     def send_control(self, frame: Frame) -> None:
-        pass
+        self.controls.append(frame)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from hub_support import FakeLoop, make_hub
+from hub_support import FakeLoop, Subscriber, make_hub, publish, subscribe_now
 
 from app.events import Event
 from app.realtime.hub import Hub
@@ -52,15 +52,16 @@ def new_hub(loop: FakeLoop) -> tuple[Hub, list[tuple[float, int]]]:
 
 
 def prime_idle(hub: Hub, loop: FakeLoop, count: int) -> list[Watched]:
-    """Give `count` orgs a channel holding one flushed frame, then watch their conflators."""
+    """Give `count` watched orgs a channel that flushed one frame, then watch their conflators."""
     for org in range(1000, 1000 + count):
-        hub.ingest(event(org, "k0", 0))
+        subscribe_now(hub, Subscriber(org))
+        publish(hub, event(org, "k0", 0))
     for _ in range(200):
         loop.tick()
     assert len(hub.scheduler) == 0, "every idle window flushed"
     watched = []
     for org in range(1000, 1000 + count):
-        ch = hub.channel((org, None), create=False)
+        ch = hub.channel((org, None))
         assert ch is not None and ch.seq == 1
         watched.append(Watched(ch.conflator))
         ch.conflator = watched[-1]  # type: ignore[assignment]
@@ -69,12 +70,14 @@ def prime_idle(hub: Hub, loop: FakeLoop, count: int) -> list[Watched]:
 
 def hot_traffic(hub: Hub, loop: FakeLoop, flushes: list[tuple[float, int]]) -> list[Any]:
     """Two seconds of events to HOT (org 1 busiest); return the flush schedule they caused."""
+    for org in HOT:
+        subscribe_now(hub, Subscriber(org))
     start = hub.now_ms()
     flushes.clear()
     for ms in range(2000):
         for org in HOT:
             if ms % org == 0:  # org 1 every ms, org 2 every 2 ms, org 3 every 3 ms
-                hub.ingest(event(org, f"k{ms % 50}", ms))
+                publish(hub, event(org, f"k{ms % 50}", ms))
         loop.tick()
     for _ in range(200):
         loop.tick()
@@ -107,7 +110,7 @@ def test_idle_channels_arm_no_flush_timer() -> None:
     hub, flushes = new_hub(loop)
     watched = prime_idle(hub, loop, 1000)
     flushes.clear()
-    for _ in range(290):  # just under the first sweep (history_age_s / 2 = 300 s)
+    for _ in range(int(hub.sweep_interval_s) - 2):  # just under the first sweep
         loop.tick(1.0)
     assert flushes == []
     assert [t.callback for t in loop.timers] == [hub._sweep_timer]  # only the sweeper waits

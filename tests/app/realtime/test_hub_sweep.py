@@ -1,63 +1,51 @@
-"""The sweeper forgets unwatched, aged-out channels a chunk per loop turn, never all in one."""
+"""The sweeper frees idle windows a chunk per loop turn, never all in one; channels go with
+their last subscriber."""
 
 from __future__ import annotations
 
-import gc
-
 import orjson
-from hub_support import FakeLoop, Subscriber, make_hub
+from hub_support import FakeLoop, Subscriber, make_hub, publish, subscribe_now
 
 from app.events import Event
 from app.realtime import hub as hub_module
 
 
-def test_a_sweep_of_many_channels_runs_in_chunks_and_spares_the_watched() -> None:
+def test_a_sweep_of_many_channels_runs_in_chunks_and_spares_the_busy() -> None:
     loop = FakeLoop()
-    hub = make_hub(
-        loop,
-        window_min_ms=30,
-        window_max_ms=30,
-        history_frames=4,
-        history_age_s=10,  # the sweep interval is then 10 s too (its floor)
-    )
+    hub = make_hub(loop, window_min_ms=30, window_max_ms=30)
     idle = 2 * hub_module.SWEEP_CHUNK + 123
     for org in range(10, 10 + idle):
-        hub.ingest(Event(org, "k", True, orjson.dumps({"org": org})))
-    hub.subscribe(Subscriber(org_id=5), None, None, None)  # org 5 is watched: it must stay
-    loop.tick(0.05)  # every window flushes: each channel holds one frame of history
-    assert len(hub._channels) == idle + 1
+        subscribe_now(hub, Subscriber(org))
+        publish(hub, Event(org, "k", True, orjson.dumps({"org": org})))
+    loop.tick(0.05)  # every window flushes: nothing pending anywhere
+    busy = subscribe_now(hub, Subscriber(5))
+    assert sum(ch.conflator is not None for ch in hub._channels.values()) == idle + 1
 
-    loop.tick(hub.sweep_interval_s + 1)  # histories have aged out; the sweeper fires
-    sizes = [idle + 1 - len(hub._channels)]
+    loop.tick(hub.sweep_interval_s - 0.05 - 0.001)
+    publish(hub, Event(5, "k", True, b"{}"))  # org 5 has a window open when the sweeper fires
+    loop.tick(0.002)
+    sizes = [sum(ch.conflator is None for ch in hub._channels.values())]
     while loop.soon:
         loop.turn()
-        sizes.append(idle + 1 - len(hub._channels))
+        sizes.append(sum(ch.conflator is None for ch in hub._channels.values()))
     steps = [b - a for a, b in zip([0, *sizes], sizes, strict=False)]
     assert max(steps) <= hub_module.SWEEP_CHUNK
-    assert len(steps) == 3
-    assert list(hub._channels) == [(5, None)]
-    assert [t.callback for t in loop.timers] == [hub._sweep_timer]  # re-armed for the next round
+    assert len(steps) == 3 and sizes[-1] == idle
+    assert busy.conflator is not None and busy.pending() == 1
+    assert len(hub._channels) == idle + 1  # freed windows, not forgotten channels
+    assert hub._sweep_timer in [t.callback for t in loop.timers]  # re-armed for the next round
 
 
-def test_an_idle_channel_keeps_only_its_history_and_wakes_on_the_next_event() -> None:
+def test_an_idle_channel_wakes_on_the_next_event_and_goes_with_its_last_subscriber() -> None:
     loop = FakeLoop()
-    hub = make_hub(
-        loop,
-        window_min_ms=30,
-        window_max_ms=30,
-        history_frames=4,
-        history_age_s=600,  # histories stay: the sweep keeps every channel
-    )
-    for org in (1, 2):
-        hub.ingest(Event(org, "k", True, orjson.dumps({"n": 1})))
+    hub = make_hub(loop, window_min_ms=30, window_max_ms=30)
+    sub = Subscriber(1)
+    ch = subscribe_now(hub, sub)
+    publish(hub, Event(1, "k", True, orjson.dumps({"n": 1})))
     loop.tick(0.05)
-    assert hub.sweep() == 0
-    one = hub.channel((1, None), create=False)
-    assert one is not None and one.conflator is None  # freed: nothing pending, no window open
-    # The collector's full pass visits every tracked object: an idle channel keeps three
-    # (itself, its history deque and the frame); the frame's bytes by codec are not tracked.
-    assert not gc.is_tracked(one.history[-1]._data)
-
-    hub.ingest(Event(1, "k", True, orjson.dumps({"n": 2})))
+    assert hub.sweep() == 1 and ch.conflator is None  # freed: nothing pending, no window open
+    publish(hub, Event(1, "k", True, orjson.dumps({"n": 2})))
     loop.tick(0.05)
-    assert one.seq == 2 and [orjson.loads(p) for p in one.history[-1].payloads] == [{"n": 2}]
+    assert [(f.first_seq, f.seq) for f in sub.frames] == [(1, 1), (2, 2)]
+    hub.unsubscribe(sub)
+    assert hub.channel((1, None)) is None and not hub._orgs

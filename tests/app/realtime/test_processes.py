@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import uuid
 from pathlib import Path
@@ -52,6 +53,43 @@ def test_an_event_published_on_one_instance_reaches_the_other(
         b.stop()
 
 
+def test_a_client_resumes_on_another_instance_with_nothing_lost_or_repeated(
+    redis_url: str, tmp_path: Path
+) -> None:
+    env = server_env(
+        tmp_path, REDIS_URL=redis_url, REALTIME_REDIS_PREFIX=f"test-rt-{uuid.uuid4().hex[:8]}"
+    )
+    a = ServeProcess(tmp_path, env, "a")
+    b = ServeProcess(tmp_path, env, "b")
+    try:
+        token = a.token()
+
+        async def scenario() -> None:
+            facts = [{"type": "t", "conflatable": False, "data": i} for i in range(30)]
+            async with await open_ws(a.ws, token) as on_a:
+                first = await hello(on_a)
+                assert (await publish(a.http, token, facts[:10])).status_code == 202
+                seen = await frames_until(on_a, 10)
+            last_seq = seen[-1].seq
+            assert [e["data"] for f in seen for e in f.events] == list(range(10))
+            # Away from a: published on b (and a) meanwhile; the client comes back on b.
+            assert (await publish(b.http, token, facts[10:20])).status_code == 202
+            assert (await publish(a.http, token, facts[20:25])).status_code == 202
+            async with await open_ws(b.ws, token, epoch=first["epoch"], last_seq=last_seq) as on_b:
+                again = await hello(on_b)
+                assert again["epoch"] == first["epoch"]  # one sequence for both instances
+                assert (await publish(a.http, token, facts[25:])).status_code == 202
+                rest = await frames_until(on_b, 20)
+            assert rest[0].first_seq == last_seq + 1
+            assert all(y.first_seq == x.seq + 1 for x, y in itertools.pairwise(rest))
+            assert [e["data"] for f in rest for e in f.events] == list(range(10, 30))
+
+        asyncio.run(scenario())
+    finally:
+        a.stop()
+        b.stop()
+
+
 def test_a_redis_restart_ends_in_reset_not_a_silent_gap(tmp_path: Path) -> None:
     redis = PrivateRedis()
     env = server_env(tmp_path, REDIS_URL=redis.url)
@@ -74,14 +112,17 @@ def test_a_redis_restart_ends_in_reset_not_a_silent_gap(tmp_path: Path) -> None:
                 frame = await next_frame(ws, timeout=15)
                 assert frame.kind == FrameKind.CONTROL
                 assert frame.events[0]["type"] == "reset"
-                assert frame.events[0]["reason"] == "fanout_interrupted"
+                # Restarted empty: the org's history is gone, a new sequence begins.
+                assert frame.events[0]["reason"] == "history_lost"
+                reset_seq = frame.events[0]["seq"]
                 for _ in range(50):  # the publisher reconnects on its next command
                     r = await publish(a.http, token, [{"type": "t", "key": "k", "data": 3}])
                     if r.status_code == 202:
                         break
                     await asyncio.sleep(0.1)
                 (frame,) = await frames_until(ws, 1)
-                assert frame.events[0]["data"] == 3 and frame.seq == 2
+                assert frame.events[0]["data"] == 3
+                assert frame.first_seq == reset_seq + 1  # contiguous from the reset
 
         asyncio.run(scenario())
     finally:

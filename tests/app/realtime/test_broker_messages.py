@@ -1,4 +1,4 @@
-"""The fan-out's message format: a batch of one org's events per PUBLISH, decoded exactly."""
+"""The broker's batch format: one org's events per message, decoded exactly."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from app.events import Event
-from app.realtime import fanout
+from app.realtime.broker import by_org, decode_batch, encode_events, encode_lost
 
 payloads = st.binary(max_size=64).map(lambda b: orjson.dumps(b.hex()))
 events = st.builds(
@@ -26,7 +26,9 @@ events = st.builds(
 @given(st.lists(events, max_size=20))
 def test_grouped_by_org_every_event_comes_back_in_its_org_order(batch: list[Event]) -> None:
     back = [
-        e for group in fanout.by_org(batch).values() for e in fanout.decode(fanout.encode(group))
+        e
+        for org, group in by_org(batch).items()
+        for e in decode_batch(org, encode_events(group), 1).events
     ]
     for org in {e.org_id for e in batch}:
         assert [e for e in back if e.org_id == org] == [e for e in batch if e.org_id == org]
@@ -34,6 +36,13 @@ def test_grouped_by_org_every_event_comes_back_in_its_org_order(batch: list[Even
 
 
 def test_a_message_with_bytes_beyond_its_events_is_refused() -> None:
-    message = fanout.encode([Event(1, None, False, b"{}")]) + b"x"
+    message = encode_events([Event(1, None, False, b"{}")]) + b"x"
     with pytest.raises(ValueError, match="1 bytes beyond"):
-        fanout.decode(message)
+        decode_batch(1, message, 1)
+
+
+def test_a_loss_marker_takes_one_position_and_carries_no_event() -> None:
+    batch = decode_batch(1, encode_lost(3), 10)
+    assert (batch.first, batch.last, batch.lost, batch.events) == (10, 10, 3, [])
+    with pytest.raises(ValueError, match="loss marker"):
+        decode_batch(1, encode_lost(3) + b"x", 10)

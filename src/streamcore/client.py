@@ -7,34 +7,41 @@
             else:
                 handle(item)  # one event (a dict), in order
 
-It decodes every codec (streamcore.protocol, pure Python), remembers the channel's epoch and the
-last seq, reconnects with resume (the server replays what was missed or answers `reset`), follows
-`coalesced` notes and never applies a frame across a gap (docs/PROTOCOL.md).
+It decodes every codec (streamcore.protocol, pure Python), remembers the org sequence's epoch
+and the last position it applied, reconnects with resume (the server replays what was missed or
+answers `reset`) and never applies a frame across a gap (docs/PROTOCOL.md, version 2). Give it
+several URLs (one per instance) and it moves to the next when one cannot be reached: positions
+mean the same on every instance, so it resumes wherever it lands.
+
+It needs only websockets and zstandard (`pip install "streamcore[client]"`): no compiled engine,
+no server.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streamcore.protocol import FrameKind, decode_frame
+from .protocol import FrameKind, decode_frame
 
 # Close codes after which reconnecting cannot help.
 FATAL_CLOSE_CODES = {1008}
+# The instance is going away (1001, 1012) or overloaded (1013): reconnect elsewhere if we can.
+MOVE_ON_CLOSE_CODES = {1001, 1012, 1013}
 
 
 @dataclass(frozen=True)
 class Reset:
-    """Events were lost (history expired, another server, the fan-out broke): reload state."""
+    """Events were lost (history expired or lost, events lost, an unknown epoch): reload state."""
 
     reason: str
     seq: int
@@ -55,7 +62,7 @@ class StreamClient:
 
     def __init__(
         self,
-        url: str,
+        url: str | list[str],
         token: str,
         *,
         codec: str = "zstd",
@@ -66,7 +73,10 @@ class StreamClient:
         max_size: int = 64 * 1024 * 1024,
         on_hello: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
-        self.url = url
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("at least one stream URL")
+        self._at = 0  # which of urls the next connect tries
         self.token = token
         self.codec = codec
         self.properties = properties
@@ -93,6 +103,13 @@ class StreamClient:
             q["last_seq"] = str(self.last_seq)
         return f"{self.url}?{urlencode(q)}"
 
+    @property
+    def url(self) -> str:
+        return self.urls[self._at]
+
+    def _next_url(self) -> None:
+        self._at = (self._at + 1) % len(self.urls)
+
     async def _connect(self) -> ClientConnection:
         try:
             ws = await connect(
@@ -105,8 +122,8 @@ class StreamClient:
             )
         except InvalidStatus as exc:
             body: Any = exc.response.body
-            with contextlib.suppress(orjson.JSONDecodeError):
-                body = orjson.loads(body or b"")
+            with contextlib.suppress(ValueError):
+                body = json.loads(body or b"")
             raise StreamRefused(exc.response.status_code, body) from None
         self.connects += 1
         self._ws = ws
@@ -143,9 +160,10 @@ class StreamClient:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
-            except OSError:
+            except (OSError, TimeoutError):
                 if not self.reconnect:
                     raise
+                self._next_url()  # that instance is away: try the next one
                 await asyncio.sleep(backoff * (1 + random.random()))
                 backoff = min(backoff * 2, self.max_backoff_s)
                 continue
@@ -161,6 +179,8 @@ class StreamClient:
                 self.last_close_code = exc.rcvd.code if exc.rcvd else None
                 if self.last_close_code in FATAL_CLOSE_CODES:
                     raise
+                if exc.rcvd is None or self.last_close_code in MOVE_ON_CLOSE_CODES:
+                    self._next_url()  # dropped or restarting: another instance resumes it
             finally:
                 if gap or self._closed:
                     await ws.close()
@@ -171,7 +191,6 @@ class StreamClient:
                 backoff = min(backoff * 2, self.max_backoff_s)
 
     async def _session(self, ws: ClientConnection) -> AsyncIterator[list[Any] | Reset | None]:
-        coalesced_from: int | None = None
         async for message in ws:
             if isinstance(message, str):
                 continue
@@ -190,17 +209,12 @@ class StreamClient:
                     elif kind == "reset":
                         self.epoch, self.last_seq = msg["epoch"], msg["seq"]
                         yield Reset(msg.get("reason", ""), msg["seq"], msg)
-                    elif kind == "coalesced":
-                        coalesced_from = msg["first_seq"]
                 continue
-            last = self.last_seq if self.last_seq is not None else frame.seq - 1
+            last = self.last_seq if self.last_seq is not None else frame.first_seq - 1
             if frame.seq <= last:
                 continue  # a duplicate after a resume
-            if frame.seq != last + 1 and not (
-                coalesced_from is not None and coalesced_from <= last + 1
-            ):
-                yield None  # a gap: reconnect and resume from last_seq
+            if frame.first_seq != last + 1:
+                yield None  # a gap (or an overlap): reconnect and resume from last_seq
                 return
-            coalesced_from = None
             self.last_seq = frame.seq
             yield frame.events
