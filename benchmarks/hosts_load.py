@@ -22,10 +22,11 @@ clients and the publisher. Without root it falls back to servers on loopback por
    (all the clients) meanwhile.
 4. CPU: one instance (host 2) with one org subscribed, its utime+stime from /proc over
    `--cpu-seconds`, idle and then while `--cpu-orgs` other orgs publish, round-robin at
-   `--cpu-rate` events/s: straight into Redis as a publishing server does (its own fan-out
-   encoding and channel), or `--cpu-via http` through host 1's publish endpoint. Protocol 1 sends
-   every org's messages to every instance, so the loaded figure is the cost of other orgs'
-   traffic; per-org routing should bring it near the idle one.
+   `--cpu-rate` events/s: straight into Redis through the server's own broker in this process
+   (positions, history, the org's sharded channel), or `--cpu-via http` through host 1's publish
+   endpoint. An instance subscribes only to the orgs it has subscribers for, so the loaded
+   figure should stay near the idle one (when every instance received every org's messages, it
+   grew with all orgs' traffic).
 
     .venv/bin/python -m benchmarks.hosts_load [--subscribers 30] [--rate 200] [--seconds 6]
         [--rounds 3] [--resume-clients 1000] [--cpu-orgs 10000] [--cpu-rate 2000]
@@ -540,70 +541,71 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
     )
 
 
-def direct_publisher(prefix: str) -> Any:
-    """What protocol 1's server sends to Redis for one org's batch: (channel, message) of org.
+class NoSink:
+    """A broker that only publishes delivers nothing: it never subscribes."""
 
-    Built from the server's own fan-out code (src/app/realtime/fanout.py), so the load is
-    byte for byte what a publishing instance would send. None when that code is not there
-    (another realtime core): the run then publishes through a host's endpoint instead.
+    def on_batch(self, org_id: int, epoch: str, batch: Any) -> None:
+        pass
+
+    def on_reset(self, org_id: int, epoch: str, position: int, reason: str) -> None:
+        pass
+
+
+def direct_publisher(redis_url: str) -> Any:
+    """The server's own Redis broker, in this process, publishing and never subscribing.
+
+    So the load is what a publishing instance sends (positions, history and the org's sharded
+    channel, one script call per org and batch) without an HTTP request per event. None when
+    that code is not there: the run then publishes through a host's endpoint instead.
     """
     try:
-        from types import SimpleNamespace
-
-        from app.events import Event
-        from app.realtime.fanout import RedisFanout, encode
+        from app.realtime.redis_broker import RedisBroker
+        from app.settings import Settings
     except ImportError:
         return None
-    owner = SimpleNamespace(prefix=prefix)
+    d = Settings()  # the servers run with the defaults of these
+    return RedisBroker(
+        redis_url,
+        d.realtime_redis_prefix,
+        NoSink(),
+        history_events=d.realtime_history_events,
+        history_age_s=d.realtime_history_age_s,
+    )
 
-    def message(org: int, payload: bytes) -> tuple[str, bytes]:
-        channel = RedisFanout.channel(owner, org)  # type: ignore[arg-type]
-        return channel, encode([Event(org, None, False, payload)])
 
-    return message
-
-
-async def reaches(sub: Subscriber, redis_url: str, message: Any) -> bool:
-    """Whether a fact PUBLISHed straight into Redis for org 1 reaches org 1's subscriber."""
+def event_for(org: int, n: int) -> Any:
+    """A fact for `org`, encoded as the publish endpoint encodes one."""
     import orjson
-    import redis.asyncio as aioredis
 
+    from app.events import Event
+
+    body = {"type": "t", "orgId": org, "conflatable": False, "data": {"n": n, "ts": time.time()}}
+    return Event(org, None, False, orjson.dumps(body))
+
+
+async def reaches(sub: Subscriber, broker: Any) -> bool:
+    """Whether a fact published straight into Redis for org 1 reaches org 1's subscriber."""
     before = len(sub.delays)
-    client = aioredis.Redis.from_url(redis_url)
-    try:
-        payload = orjson.dumps({"type": "t", "orgId": 1, "data": {"n": -1, "ts": time.time()}})
-        await client.publish(*message(1, payload))
-    finally:
-        await client.aclose()
+    await broker.publish_now([event_for(1, -1)])
     deadline = time.monotonic() + 5
     while len(sub.delays) == before and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return len(sub.delays) > before
 
 
-async def redis_load(redis_url: str, message: Any, args: argparse.Namespace, seconds: float) -> int:
-    """PUBLISH one fact per org round-robin at `--cpu-rate`/s, pipelined per 10 ms tick."""
-    import orjson
-    import redis.asyncio as aioredis
-
-    client = aioredis.Redis.from_url(redis_url)
+async def redis_load(broker: Any, args: argparse.Namespace, seconds: float) -> int:
+    """Publish one fact per org round-robin at `--cpu-rate`/s, one broker call per 10 ms tick."""
     loop = asyncio.get_running_loop()
     began = loop.time()
     n = 0
-    try:
-        while (elapsed := loop.time() - began) < seconds:
-            async with client.pipeline(transaction=False) as pipe:
-                for _ in range(int(args.cpu_rate * elapsed) - n):
-                    org = n % args.cpu_orgs + 2
-                    payload = orjson.dumps(
-                        {"type": "t", "orgId": org, "data": {"n": n, "ts": time.time()}}
-                    )
-                    pipe.publish(*message(org, payload))
-                    n += 1
-                await pipe.execute()
-            await asyncio.sleep(0.01)
-    finally:
-        await client.aclose()
+    while (elapsed := loop.time() - began) < seconds:
+        owed = int(args.cpu_rate * elapsed) - n
+        if owed > 0:
+            await broker.publish_now(
+                [event_for((n + i) % args.cpu_orgs + 2, n + i) for i in range(owed)]
+            )
+            n += owed
+        await asyncio.sleep(0.01)
     return n
 
 
@@ -644,16 +646,17 @@ async def cpu_run(
     measured: ServeProcess, publisher: ServeProcess, redis_url: str, args: argparse.Namespace
 ) -> Cpu:
     """The measured instance's CPU with org 1 subscribed on it: idle, then other orgs publish."""
-    message = direct_publisher("streamcore") if args.cpu_via == "redis" else None
+    broker = direct_publisher(redis_url) if args.cpu_via == "redis" else None
     sub = Subscriber(await connect(measured.ws, 1), "measured")
     sub.counting = True
     try:
         await asyncio.sleep(1.0)
-        if message is not None and not await reaches(sub, redis_url, message):
-            # Straight into Redis would measure nothing: the server no longer reads that.
-            print("cpu: a direct PUBLISH did not reach the subscriber; using http", file=sys.stderr)
-            message = None
-        via = "redis" if message is not None else "http"
+        if broker is not None and not await reaches(sub, broker):
+            # Straight into Redis would measure nothing: the server does not read it that way.
+            print("cpu: a direct publish did not reach the subscriber; using http", file=sys.stderr)
+            await broker.stop()
+            broker = None
+        via = "redis" if broker is not None else "http"
         pid = measured.pid
         c0, t0 = cpu_s(pid), time.monotonic()
         await asyncio.sleep(args.cpu_seconds)
@@ -661,8 +664,8 @@ async def cpu_run(
         idle = (c1 - c0) / (t1 - t0)
 
         async def load(seconds: float) -> int:
-            if message is not None:
-                return await redis_load(redis_url, message, args, seconds)
+            if broker is not None:
+                return await redis_load(broker, args, seconds)
             return await http_load(publisher, args, seconds)
 
         await load(1.0)  # warm-up
@@ -691,6 +694,8 @@ async def cpu_run(
         )
     finally:
         await sub.close()
+        if broker is not None:
+            await broker.stop()
 
 
 # -- the run -------------------------------------------------------------------------------------

@@ -25,12 +25,11 @@ from waiting import eventually_async
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidStatus
 
-from app.client import Reset, StreamClient
-from streamcore.protocol import DecodedFrame, FrameKind
+from streamcore.client import Reset, StreamClient
+from streamcore.protocol import FrameKind
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
-NEEDS_SHARED_SEQUENCE = pytest.mark.xfail(reason="needs the shared sequence space", strict=False)
 LEASE_S = 2.0
 FAST = {"WINDOW_MIN_MS": "20", "WINDOW_MAX_MS": "40", "REALTIME_LEASE_S": str(LEASE_S)}
 RESET_REASONS = {
@@ -40,7 +39,6 @@ RESET_REASONS = {
     "history_unavailable",
     "history_lost",
     "events_lost",
-    "fanout_interrupted",  # protocol 1's reason for a broken fan-out
 }
 
 
@@ -97,11 +95,6 @@ def facts(numbers: range) -> list[dict[str, Any]]:
     return [{"type": "t", "conflatable": False, "data": i} for i in numbers]
 
 
-def first_seq(frame: DecodedFrame) -> int:
-    # Protocol 2 frames cover first_seq..seq; a protocol 1 frame is one position, its seq.
-    return int(getattr(frame, "first_seq", frame.seq))
-
-
 async def publish_ok(base: str, token: str, events: list[dict[str, Any]]) -> None:
     r = await publish(base, token, events)
     assert r.status_code == 202, r.text
@@ -126,7 +119,7 @@ async def collect_facts(ws: ClientConnection, count: int, timeout: float = 20.0)
     """The fact numbers of the next `count` events, checking the frames are contiguous."""
     frames = await frames_until(ws, count, timeout)
     for a, b in itertools.pairwise(frames):
-        assert first_seq(b) == a.seq + 1, f"frames not contiguous: {a.seq} then {first_seq(b)}"
+        assert b.first_seq == a.seq + 1, f"frames not contiguous: {a.seq} then {b.first_seq}"
     return [e["data"] for f in frames for e in f.events]
 
 
@@ -206,7 +199,6 @@ class Subscriber:
             await self.task
 
 
-@NEEDS_SHARED_SEQUENCE
 def test_a_killed_hosts_clients_resume_on_another_host_with_nothing_lost_or_repeated(
     start_hosts: Callable[..., Hosts],
 ) -> None:
@@ -346,8 +338,7 @@ def test_a_redis_restart_resets_every_host_and_then_streams_on(
     async def scenario() -> None:
         conns = [await open_ws(h.ws, token) for h in hosts]
         try:
-            for ws in conns:
-                await hello(ws)
+            epochs = [(await hello(ws))["epoch"] for ws in conns]
             await publish_ok(hosts[0].http, token, facts(range(5)))
             for ws in conns:
                 assert await collect_facts(ws, 5) == list(range(5))
@@ -383,17 +374,25 @@ def test_a_redis_restart_resets_every_host_and_then_streams_on(
                 await eventually_async(accepted, f"a publish on {h.host} after the restart")
             for i, h in enumerate(hosts):
                 await publish_ok(h.http, token, facts(range(8 + 3 * i, 11 + 3 * i)))
-            for ws, reset in zip(conns, resets, strict=True):
+            for ws, reset, epoch in zip(conns, resets, epochs, strict=True):
+                # Each reset names the position to continue from (a server may send more than
+                # one: history unavailable, then lost with a new epoch); frames follow the last.
                 assert reset is not None
-                frames: list[DecodedFrame] = []
-                got: list[int] = []
+                position, got = reset, []
                 while len(got) < 12:  # the probes after the reset, then the 12 facts
-                    frames += await frames_until(ws, 1, timeout=20)
-                    got = [e["data"] for f in frames for e in f.events if e["type"] == "t"]
-                assert first_seq(frames[0]) == reset["seq"] + 1, (reset, frames[0])
-                for a, b in itertools.pairwise(frames):
-                    assert first_seq(b) == a.seq + 1
+                    frame = await next_frame(ws, timeout=20)
+                    if frame.kind == FrameKind.CONTROL:
+                        message = frame.events[0]
+                        assert message["type"] == "reset", message
+                        assert message.get("reason") in RESET_REASONS, message
+                        position = message
+                        continue
+                    assert frame.first_seq == position["seq"] + 1, (position, frame)
+                    position = {**position, "seq": frame.seq}
+                    got += [e["data"] for e in frame.events if e["type"] == "t"]
                 assert got == list(range(5, 17))
+                # Redis lost the history: the sequence restarted, and the client was told so.
+                assert position["epoch"] != epoch, "a restarted sequence kept its epoch"
         finally:
             for ws in conns:
                 await ws.close()
@@ -401,7 +400,6 @@ def test_a_redis_restart_resets_every_host_and_then_streams_on(
     asyncio.run(scenario())
 
 
-@NEEDS_SHARED_SEQUENCE
 def test_a_resume_on_another_host_replays_what_was_missed(
     start_hosts: Callable[..., Hosts],
 ) -> None:
@@ -418,11 +416,11 @@ def test_a_resume_on_another_host_replays_what_was_missed(
         async with await open_ws(hosts[1].ws, token, epoch=epoch, last_seq=last_seq) as ws:
             assert (await hello(ws))["epoch"] == epoch
             replayed = await frames_until(ws, 5)
-            assert first_seq(replayed[0]) == last_seq + 1
+            assert replayed[0].first_seq == last_seq + 1
             assert [e["data"] for f in replayed for e in f.events] == list(range(3, 8))
             await publish_ok(hosts[2].http, token, facts(range(8, 9)))
             (live,) = await frames_until(ws, 1)
-            assert first_seq(live) == replayed[-1].seq + 1 and live.events[0]["data"] == 8
+            assert live.first_seq == replayed[-1].seq + 1 and live.events[0]["data"] == 8
 
     asyncio.run(scenario())
 
@@ -431,7 +429,7 @@ def test_a_resume_on_another_host_replays_what_was_missed(
     "case",
     [
         "forged_epoch",
-        pytest.param("future_seq", marks=NEEDS_SHARED_SEQUENCE),
+        "future_seq",
         "other_orgs_position",
     ],
 )
