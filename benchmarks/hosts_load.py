@@ -93,6 +93,7 @@ class Resume:
     resumed: int
     resets: dict[str, int]
     failed: int
+    failures: dict[str, int]
     retries: dict[str, int]
     client_cpu: float  # CPU s/s of this (the clients') process from the kill until all were back
     noticed_p50_ms: float
@@ -431,6 +432,7 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
     noticed: list[float] = []  # kill -> the client saw its connection end
     retries: list[str] = []  # why a reconnect failed (it is retried after 0.1 s)
     marks: list[tuple[float, float]] = []  # (when, this process's CPU time) at each first frame
+    failures: list[str] = []  # why a client never got its first frame back
     connected = 0
 
     async def client(i: int) -> None:
@@ -458,7 +460,9 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
             try:
                 ws = await connect(target.ws, org, epoch=epoch, last_seq=last_seq)
             except InvalidStatus as exc:
-                retries.append(f"HTTP {exc.response.status_code}")
+                why = (exc.response.body or b"")[:200].decode(errors="replace")
+                code = why.split('"code":"', 1)[-1].split('"', 1)[0] if '"code":"' in why else ""
+                retries.append(f"HTTP {exc.response.status_code} {code}".strip())
                 await asyncio.sleep(0.1)
                 continue
             except OSError as exc:
@@ -478,12 +482,14 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
                 if first.kind == FrameKind.CONTROL and first.events[0]["type"] == "reset":
                     outcome = f"reset:{first.events[0].get('reason')}"
                 results.append((outcome, took))
-            except (ConnectionClosed, TimeoutError):
+            except (ConnectionClosed, TimeoutError) as exc:
                 results.append(("failed", loop.time() - t_kill))
+                failures.append(type(exc).__name__)
             finally:
                 await ws.close()
             return
         results.append(("failed", loop.time() - t_kill))
+        failures.append("deadline")
 
     tasks = []
     for i in range(args.resume_clients):
@@ -511,7 +517,10 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
     t_kill, cpu0 = loop.time(), time.process_time()
     await asyncio.to_thread(victim.kill)
     killed.set()
-    await asyncio.wait(tasks, timeout=args.resume_deadline + 5)
+    _, pending = await asyncio.wait(tasks, timeout=args.resume_deadline + 5)
+    for task in pending:  # never saw its connection end, or never got an answer
+        task.cancel()
+    failures += ["still waiting"] * len(pending)
     # This process is every client: how busy it was until the last one was back says how much
     # of the wait is its own.
     last = max(marks, default=(loop.time(), time.process_time()))
@@ -531,6 +540,7 @@ async def resume_run(three: list[ServeProcess], args: argparse.Namespace) -> Res
         resumed=sum(1 for o, _ in results if o == "resumed"),
         resets=resets,
         failed=connected - len(back),
+        failures={f: failures.count(f) for f in sorted(set(failures))},
         retries={r: retries.count(r) for r in sorted(set(retries))},
         client_cpu=round(busy, 2),
         noticed_p50_ms=round(pct(noticed, 50)),
@@ -741,8 +751,9 @@ def print_report(
     print(
         f"resume after SIGKILL of host 1: {resume.connected}/{resume.clients} clients connected, "
         f"{resume.back} back on hosts 2-3 (resumed {resume.resumed}; reset: {resets}; failed "
-        f"{resume.failed}; reconnects retried: {resume.retries or 'none'}; the clients' process "
-        f"at {resume.client_cpu} CPU); kill -> first frame p50 "
+        f"{resume.failed} {resume.failures or ''}; reconnects retried: "
+        f"{resume.retries or 'none'}; the clients' process at {resume.client_cpu} CPU); "
+        "kill -> first frame p50 "
         f"{resume.p50_ms} ms, p99 {resume.p99_ms} ms, max {resume.max_ms} ms (kill -> close "
         f"seen: p50 {resume.noticed_p50_ms} ms, max {resume.noticed_max_ms} ms)"
     )
