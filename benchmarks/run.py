@@ -54,6 +54,11 @@ HARNESSES: list[tuple[str, str, list[str]]] = [
     ("100,000 orgs: idle channels, connections, hot orgs", "benchmarks.scale_sim", []),
     ("Scaling curves (docs/scaling-clients.png, docs/scaling-rate.png)", "benchmarks.scaling", []),
     ("Several workers with Redis fan-out", "benchmarks.workers_load", []),
+    (
+        "Three hosts (network namespaces): latency, Redis per event, resume, CPU per org",
+        "benchmarks.hosts_load",
+        [],
+    ),
     ("Read replica: the primary's CPU taken off list reads", "benchmarks.replica_load", []),
     ("Finance reads through a Varnish edge against direct", "benchmarks.edge_load", []),
     ("Conflation: callgrind instructions per event", "benchmarks.conflation_instructions", []),

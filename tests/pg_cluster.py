@@ -50,8 +50,8 @@ class Server:
         self.port = free_port()
         self.log = cluster.root / f"{name}.log"
 
-    def url(self, driver: str = "postgresql+asyncpg") -> str:
-        return f"{driver}://postgres@127.0.0.1:{self.port}/{DATABASE}"
+    def url(self, driver: str = "postgresql+asyncpg", host: str = "127.0.0.1") -> str:
+        return f"{driver}://postgres@{host}:{self.port}/{DATABASE}"
 
     def start(self) -> None:
         self.cluster.run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-w", "start")
@@ -97,11 +97,16 @@ class Server:
 class PostgresCluster:
     """A primary and `standbys` streaming standbys under one temporary directory."""
 
-    def __init__(self, standbys: int = 1) -> None:
+    def __init__(
+        self, standbys: int = 1, listen: tuple[str, ...] = (), trust: tuple[str, ...] = ()
+    ):
+        """`listen`: addresses besides loopback; `trust`: CIDRs whose clients may connect."""
         bindir = pg_bin()
         if bindir is None:
             raise RuntimeError("PostgreSQL server binaries (initdb, pg_basebackup) are missing")
         self.bin = bindir
+        self.listen = ("127.0.0.1", *listen)
+        self.trust = trust
         self.as_postgres = os.geteuid() == 0
         self.root = Path(tempfile.mkdtemp(prefix="streamcore-pg-"))
         if self.as_postgres:
@@ -137,10 +142,11 @@ class PostgresCluster:
     def _init_primary(self) -> None:
         p = self.primary
         self.run("initdb", "-D", str(p.data), "-U", "postgres", "--auth=trust", "--no-sync")
-        # Loopback only, a socket directory of its own, and WAL a standby can stream. fsync off:
-        # a test cluster need not survive a power cut, and the shared machine's disk is slow.
+        # Loopback (and what the caller adds), a socket directory of its own, and WAL a standby
+        # can stream. fsync off: a test cluster need not survive a power cut, and the shared
+        # machine's disk is slow.
         conf = f"""
-listen_addresses = '127.0.0.1'
+listen_addresses = '{",".join(self.listen)}'
 port = {p.port}
 unix_socket_directories = '{self.root}'
 wal_level = replica
@@ -155,6 +161,8 @@ full_page_writes = off
 """
         with open(p.data / "postgresql.conf", "a") as f:
             f.write(conf)
+        with open(p.data / "pg_hba.conf", "a") as f:
+            f.writelines(f"host all all {cidr} trust\n" for cidr in self.trust)
         p.start()
         p.sql(f"CREATE DATABASE {DATABASE}", database="postgres")
 

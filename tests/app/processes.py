@@ -32,24 +32,43 @@ def server_env(workdir: Path, **extra: Any) -> dict[str, str]:
 
 
 class ServeProcess:
-    """`python -m app serve` on a free loopback port, ready once /readyz answers 200."""
+    """`python -m app serve` on a free loopback port, ready once /readyz answers 200.
 
-    def __init__(self, workdir: Path, env: dict[str, str], name: str) -> None:
-        self.port = free_port()
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.ws = f"ws://127.0.0.1:{self.port}/v2/realtime/stream"
+    `host`/`port` pick another address (a network namespace's); `wrap` goes before the command
+    (`ip netns exec NAME`), so `pid` is looked up as the server itself, not the wrapper.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        env: dict[str, str],
+        name: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        wrap: tuple[str, ...] = (),
+        wait: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self.http = f"http://{host}:{self.port}"
+        self.ws = f"ws://{host}:{self.port}/v2/realtime/stream"
         self.log_path = workdir / f"{name}.log"  # stderr: the JSON log lines
         self.out_path = workdir / f"{name}.out"  # stdout: what serve prints for its user
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve"],
+            [*wrap, sys.executable, "-m", "app", "serve"],
             cwd=workdir,
-            env={**os.environ, **env, "HOST": "127.0.0.1", "PORT": str(self.port)},
+            env={**os.environ, **env, "HOST": host, "PORT": str(self.port)},
             stdout=self._out,
             stderr=self._log,
         )
-        deadline = time.monotonic() + 30
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, self.log_path.read_text()
             try:
@@ -59,6 +78,29 @@ class ServeProcess:
                 pass
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.1)
+
+    @property
+    def pid(self) -> int:
+        """The server's own pid: `ip netns exec` execs in place, but a wrapper might fork."""
+        pid = self.proc.pid
+        for _ in range(3):
+            try:
+                if os.path.samefile(f"/proc/{pid}/exe", sys.executable):
+                    return pid
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return pid  # gone: nothing left to find
+            if len(children) != 1:
+                break
+            pid = int(children[0])
+        return self.proc.pid
+
+    def kill(self) -> int:
+        """SIGKILL the server itself (no shutdown, no lease release) and reap it."""
+        os.kill(self.pid, signal.SIGKILL)
+        code = self.proc.wait(15)
+        self.stop()
+        return code
 
     def get(self, path: str, **kw: object) -> httpx2.Response:
         return httpx2.get(f"{self.http}{path}", timeout=10, **kw)  # type: ignore[arg-type]
@@ -72,11 +114,11 @@ class ServeProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+            os.kill(self.pid, sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
+                os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
         self._out.close()
@@ -86,9 +128,10 @@ class ServeProcess:
 class PrivateRedis:
     """A redis-server of the test's own, which it may stop, restart, hang (SIGSTOP) or flush."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
         self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{host}:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -96,14 +139,16 @@ class PrivateRedis:
         """Start (or restart) the server on its port and wait until it answers PING."""
         self.proc = subprocess.Popen(
             [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("redis-server", "--port", str(self.port), "--bind", self.host),
                 *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                # Clients in other network namespaces come from the bridge, not loopback.
+                *("--protected-mode", "no"),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 10
-        client = redis.Redis(port=self.port, socket_timeout=0.5)
+        client = redis.Redis(host=self.host, port=self.port, socket_timeout=0.5)
         try:
             while True:
                 try:
@@ -116,7 +161,7 @@ class PrivateRedis:
             client.close()
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=1)
+        return redis.Redis(host=self.host, port=self.port, socket_timeout=1)
 
     def hang(self) -> None:
         assert self.proc is not None

@@ -115,3 +115,11 @@ async def rt_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
 @pytest.fixture
 async def rt(rt_factory: Callable[..., Any]) -> Server:
     return await rt_factory(window_min_ms=30.0, window_max_ms=60.0)  # type: ignore[no-any-return]
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say when the multi-host tests ran on loopback instead of network namespaces."""
+    from hosts import FALLBACKS
+
+    for reason in sorted(FALLBACKS):
+        terminalreporter.write_line(f"hosts fell back to {reason}")
