@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from . import (
     auth,
     cache,
+    dashboard,
     edge,
     finance,
     health,
@@ -190,7 +191,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         ),
     ]
     app = Starlette(
-        routes=[*routes(operations), *realtime.websocket_routes],
+        routes=[*routes(operations), *realtime.websocket_routes, *dashboard.routes],
         middleware=middleware,
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=lifespan,

@@ -34,8 +34,10 @@ def server_env(workdir: Path, **extra: Any) -> dict[str, str]:
 class ServeProcess:
     """`python -m app serve` on a free loopback port, ready once /readyz answers 200."""
 
-    def __init__(self, workdir: Path, env: dict[str, str], name: str) -> None:
-        self.port = free_port()
+    def __init__(
+        self, workdir: Path, env: dict[str, str], name: str, port: int | None = None
+    ) -> None:
+        self.port = port or free_port()  # a restart passes the port it had
         self.http = f"http://127.0.0.1:{self.port}"
         self.ws = f"ws://127.0.0.1:{self.port}/v2/realtime/stream"
         self.log_path = workdir / f"{name}.log"  # stderr: the JSON log lines

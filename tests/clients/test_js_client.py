@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import streamcore
+from app import dashboard
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +51,15 @@ def test_npm_test_passes_against_a_real_server(npm: str) -> None:
     # Node's runner closes with its counts: every test ran and none failed.
     assert "# fail 0" in done.stdout
     assert "# pass 0" not in done.stdout
+
+
+def test_the_dashboard_vendors_the_zstd_decoder_the_package_pins(npm: str) -> None:
+    lock = json.loads((PACKAGE / "package-lock.json").read_text())
+    pinned = lock["packages"]["node_modules/fzstd"]["version"]
+    installed = PACKAGE / "node_modules" / "fzstd"
+    assert json.loads((installed / "package.json").read_text())["version"] == pinned
+    vendored = dashboard.STATIC / "vendor" / "fzstd.js"
+    assert vendored.read_bytes() == (installed / "esm" / "index.mjs").read_bytes()
 
 
 def test_npm_pack_gives_a_package_that_installs_and_decodes(npm: str, tmp_path: Path) -> None:
