@@ -1,5 +1,6 @@
 """The JavaScript client (clients/js): its own tests (`npm ci && npm test`, against a real
-server they start) and `npm pack` giving a package that installs and imports."""
+server they start), its TypeScript types, and `npm pack` giving a package that installs and
+imports."""
 
 from __future__ import annotations
 
@@ -51,6 +52,11 @@ def test_npm_test_passes_against_a_real_server(npm: str) -> None:
     # Node's runner closes with its counts: every test ran and none failed.
     assert "# fail 0" in done.stdout
     assert "# pass 0" not in done.stdout
+
+
+def test_the_typescript_types_describe_the_api(npm: str) -> None:
+    # tsc compiles test/types/usage.ts against index.d.ts, its @ts-expect-error lines included.
+    _run([npm, "run", "typecheck"], PACKAGE, timeout=120)
 
 
 def test_the_dashboard_vendors_the_zstd_decoder_the_package_pins(npm: str) -> None:

@@ -6,7 +6,7 @@ import { after, before, describe, test } from "node:test";
 import WebSocket from "ws";
 
 import { Codec, decodeFrame, FrameError, StreamClient, StreamRefused } from "../src/index.js";
-import { Server, until } from "./server.js";
+import { freePort, Server, until } from "./server.js";
 
 /** Collect what a client surfaces, in order. */
 function record(client) {
@@ -143,6 +143,22 @@ describe("against a real server", () => {
       assert.equal(client.connects, 2);
       await server.publish(token, trades(10, 1));
       await until(() => seen.events.length === 11, { what: "the live stream after the resume" });
+    } finally {
+      client.close();
+    }
+  });
+
+  test("given several URLs, it moves on from one that cannot be reached", async () => {
+    const away = `ws://127.0.0.1:${await freePort()}/v2/realtime/stream`; // nobody listens
+    const client = new StreamClient([away, server.ws], token, { WebSocket });
+    const seen = record(client);
+    client.start();
+    try {
+      await until(() => seen.hellos.length === 1, { what: "hello from the second URL" });
+      assert.equal(seen.disconnects[0].url, away);
+      assert.equal(seen.disconnects[0].code, 1006);
+      assert.equal(client.url, server.ws);
+      assert.equal(client.connects, 1);
     } finally {
       client.close();
     }
