@@ -5,6 +5,7 @@ import { StreamClient } from "./client/index.js";
 const RECENT = 50; // entries shown
 const METRICS_EVERY_MS = 2000;
 const TOKEN_KEY = "streamcore.token";
+const METRICS_TOKEN_KEY = "streamcore.metrics-token";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -18,13 +19,13 @@ const state = {
 
 class Unauthorized extends Error {}
 
-async function api(path, { method = "GET", body, token = state.token } = {}) {
+async function api(path, { method = "GET", body, token = state.token, quiet = false } = {}) {
   const headers = { accept: "application/json" };
   if (body !== undefined) headers["content-type"] = "application/json";
   if (token) headers.authorization = `Bearer ${token}`;
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const payload = await response.json().catch(() => null);
-  if (response.status === 401 && token) throw new Unauthorized(payload?.error?.message ?? "unauthorized");
+  if (response.status === 401 && token && !quiet) throw new Unauthorized(payload?.error?.message ?? "unauthorized");
   if (!response.ok) {
     const error = new Error(payload?.error?.message ?? `HTTP ${response.status}`);
     error.status = response.status;
@@ -182,11 +183,16 @@ function sloTarget(slo) {
 async function refreshMetrics() {
   let m;
   try {
-    m = await api("/v1/system/metrics/aggregated", { token: null });
-  } catch {
-    $("metrics-at").textContent = "metrics unavailable; retrying";
+    // Open unless the server sets METRICS_TOKEN; then the operator's token, not the user's.
+    const token = sessionStorage.getItem(METRICS_TOKEN_KEY);
+    m = await api("/v1/system/metrics/aggregated", { token, quiet: true });
+  } catch (error) {
+    const refused = error.status === 401 || error instanceof Unauthorized;
+    $("metrics-token-form").hidden = !refused;
+    $("metrics-at").textContent = refused ? "" : "metrics unavailable; retrying";
     return;
   }
+  $("metrics-token-form").hidden = true;
   const d = m.realtime.delivery_latency ?? {};
   $("p50").textContent = ms(d.p50_ms);
   $("p95").textContent = ms(d.p95_ms);
@@ -325,6 +331,13 @@ $("login-form").addEventListener("submit", async (e) => {
 });
 
 $("logout").addEventListener("click", () => logout());
+
+$("metrics-token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(METRICS_TOKEN_KEY, $("metrics-token").value);
+  $("metrics-token").value = "";
+  refreshMetrics();
+});
 
 const saved = sessionStorage.getItem(TOKEN_KEY);
 if (saved) enter(saved);
