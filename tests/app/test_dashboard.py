@@ -76,3 +76,9 @@ def test_no_path_leaves_the_static_directory(client: TestClient) -> None:
     for path in ("client/%2e%2e/%2e%2e/__init__.py", "%2e%2e/__init__.py", "client/../../x"):
         r = client.get(f"/dashboard/static/{path}")
         assert r.status_code == 404, path
+
+
+def test_the_page_answers_other_methods_with_a_json_405(client: TestClient) -> None:
+    r = client.post("/dashboard")
+    assert r.status_code == 405
+    assert r.json()["error"]["code"] == "method_not_allowed"

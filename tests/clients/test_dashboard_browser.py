@@ -4,6 +4,7 @@ and a reset after a server restart handled by reloading the page's state."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -74,8 +75,8 @@ def _post(server: ServeProcess, token: str, kind: str, **fields: Any) -> dict[st
     return dict(r.json())
 
 
-def _log_in(page: Any, server: ServeProcess) -> None:
-    page.goto(f"{server.http}/dashboard")
+def _log_in(page: Any, server: ServeProcess, query: str = "") -> None:
+    page.goto(f"{server.http}/dashboard{query}")
     page.fill("#email", "user@example.com")
     page.fill("#password", "changeme")
     page.press("#password", "Enter")  # the form submits on Enter
@@ -143,6 +144,51 @@ def test_the_dashboard_shows_a_posted_expense_within_a_second(browser: Any, tmp_
         # The README's picture: refreshed on request, so a test run leaves the tree clean.
         if os.environ.get("STREAMCORE_UPDATE_SCREENSHOT") == "1":
             shutil.copyfile(shot, SCREENSHOT)
+        assert console.errors == []
+    finally:
+        page.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip"])
+def test_a_compressed_window_is_decoded_in_the_page(
+    browser: Any, tmp_path: Path, codec: str
+) -> None:
+    server = ServeProcess(tmp_path, server_env(tmp_path), f"dashboard-{codec}")
+    page = browser.new_page()
+    console = Console(page)
+    try:
+        _log_in(page, server, f"?codec={codec}")
+        token = server.token()
+        # 40 entries in one publish land in one window: a frame far over the 1 KiB threshold.
+        events = [
+            {
+                "type": "expense.created",
+                "conflatable": False,
+                "propertyId": 1,
+                "data": {
+                    "id": 1000 + i,
+                    "propertyId": 1,
+                    "category": "supplies",
+                    "amountCents": 1000 + i,
+                    "currency": "INR",
+                    "description": f"Batch item {i:02d}",
+                    "createdAt": "2026-01-01T00:00:00Z",
+                },
+            }
+            for i in range(40)
+        ]
+        r = httpx2.post(
+            f"{server.http}/v2/realtime/publish",
+            json={"events": events},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert r.status_code == 202, r.text
+        _shows(page, "Batch item 39", 5_000)
+        _shows(page, "Batch item 00", 1_000)
+        frames = json.loads(page.get_attribute("body", "data-frames"))
+        assert frames[codec] >= 1, frames
         assert console.errors == []
     finally:
         page.close()

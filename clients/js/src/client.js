@@ -70,6 +70,7 @@ export class StreamClient extends EventTarget {
     this.lastCloseCode = null;
     this._at = 0; // which of urls the next connect tries
     this._backoff = this.initialBackoffMs;
+    this._gapsInARow = 0;
     this._conn = null;
     this._timer = null;
     this._started = false;
@@ -154,7 +155,7 @@ export class StreamClient extends EventTarget {
       return;
     }
     ws.binaryType = "arraybuffer";
-    const conn = { ws, url: this.url, opened: false, ended: false, gap: false, refusal: null };
+    const conn = { ws, url: this.url, opened: false, ended: false, gap: false, corrupt: false, refusal: null };
     conn.queue = Promise.resolve();
     this._conn = conn;
     conn.openTimer = setTimeout(() => {
@@ -200,14 +201,14 @@ export class StreamClient extends EventTarget {
   }
 
   async _onMessage(conn, data) {
-    if (conn.ended || conn.gap || this._closed || typeof data === "string") return;
+    if (conn.ended || conn.gap || conn.corrupt || this._closed || typeof data === "string") return;
     let frame;
     try {
       frame = await decodeFrame(data, { maxRawLength: this.maxRawLength });
     } catch (error) {
-      // A frame we cannot read: say so, drop this connection and resume from what we applied.
+      // A frame we cannot read: say so, drop this connection and resume (after a backoff).
       this.dispatchEvent(detailEvent("error", { error }));
-      conn.gap = true;
+      conn.corrupt = true;
       conn.ws.close(1000);
       return;
     }
@@ -227,6 +228,7 @@ export class StreamClient extends EventTarget {
     }
     this.lastSeq = frame.seq;
     this._backoff = this.initialBackoffMs;
+    this._gapsInARow = 0;
     this.dispatchEvent(detailEvent("events", { events: frame.items, firstSeq: frame.firstSeq, seq: frame.seq, codec: frame.codec }));
   }
 
@@ -296,9 +298,10 @@ export class StreamClient extends EventTarget {
       return;
     }
     if (conn.gap) {
-      // Our own close after a hole: resume at once.
-      this.dispatchEvent(detailEvent("disconnect", { code, reason, url: conn.url, willRetry: true, delayMs: 0 }));
-      this._schedule(0);
+      // Our own close after a hole: resume at once, unless the last resume applied nothing.
+      const delayMs = this._gapsInARow++ === 0 ? 0 : this._delay();
+      this.dispatchEvent(detailEvent("disconnect", { code, reason, url: conn.url, willRetry: true, delayMs }));
+      this._schedule(delayMs);
       return;
     }
     // Unreachable, dropped, restarting or overloaded: another instance can resume it.

@@ -148,6 +148,33 @@ describe("against a real server", () => {
     }
   });
 
+  test("a hole: the frame is not applied; it reconnects at once and resumes from last_seq", async () => {
+    const urls = [];
+    const { Gated } = gatedWebSocket(urls);
+    const client = new StreamClient(server.ws, token, { WebSocket: Gated });
+    const seen = record(client);
+    client.start();
+    try {
+      await until(() => seen.hellos.length === 1, { what: "hello" });
+      await server.publish(token, trades(0, 5));
+      await until(() => seen.events.length === 5, { what: "the first events" });
+      // As if the last three positions had never arrived: the next frame starts past a hole.
+      const applied = client.lastSeq;
+      client.lastSeq = applied - 3;
+      await server.publish(token, trades(5, 1));
+      await until(() => seen.events.length === 9, { what: "the replay from the history" });
+      assert.deepEqual(seen.disconnects.map((d) => [d.code, d.delayMs]), [[1000, 0]]);
+      assert.equal(new URL(urls.at(-1)).searchParams.get("last_seq"), String(applied - 3));
+      assert.deepEqual(
+        seen.events.map((e) => e.data.n),
+        [0, 1, 2, 3, 4, 2, 3, 4, 5],
+      );
+      assert.equal(client.lastSeq, applied + 1);
+    } finally {
+      client.close();
+    }
+  });
+
   test("given several URLs, it moves on from one that cannot be reached", async () => {
     const away = `ws://127.0.0.1:${await freePort()}/v2/realtime/stream`; // nobody listens
     const client = new StreamClient([away, server.ws], token, { WebSocket });

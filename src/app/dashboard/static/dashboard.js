@@ -230,11 +230,23 @@ function streamUrl() {
   return `${scheme}//${location.host}/v2/realtime/stream`;
 }
 
+const CODEC_NAMES = ["none", "zstd", "gzip"];
+
 function connect() {
-  // zstd, decoded by the vendored fzstd; a page that would rather not load it can ask for gzip.
-  const client = new StreamClient(streamUrl(), () => state.token, { codec: "zstd" });
+  // zstd (the vendored fzstd) unless the address asks otherwise: /dashboard?codec=gzip uses the
+  // browser's DecompressionStream, ?codec=none nothing.
+  const asked = new URLSearchParams(location.search).get("codec");
+  const codec = CODEC_NAMES.includes(asked) ? asked : "zstd";
+  const client = new StreamClient(streamUrl(), () => state.token, { codec });
+  const frames = { none: 0, zstd: 0, gzip: 0 };
   client.addEventListener("hello", () => setStatus("live", "live"));
-  client.addEventListener("events", (e) => onStreamEvents(e.detail.events));
+  client.addEventListener("events", (e) => {
+    // Frames applied per codec actually used (small ones go raw on any connection).
+    frames[CODEC_NAMES[e.detail.codec]] += 1;
+    document.body.dataset.frames = JSON.stringify(frames);
+    onStreamEvents(e.detail.events);
+  });
+  client.addEventListener("error", (e) => notice(`The stream sent a frame this page cannot read: ${e.detail.error}`));
   client.addEventListener("reset", async (e) => {
     // Events were lost to this page: what it shows may be stale. Read it all again.
     state.entries.clear();
