@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
 import re
+from os import PathLike
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 STATIC = Path(__file__).parent / "static"
 _PAGE = (STATIC / "index.html").read_text(encoding="utf-8")
@@ -57,8 +60,14 @@ async def page(request: Request) -> Response:
 class _Static(StaticFiles):
     """The page's scripts and styles, with the page's headers."""
 
-    def file_response(self, *args: object, **kwargs: object) -> Response:
-        response = super().file_response(*args, **kwargs)  # type: ignore[arg-type]
+    def file_response(
+        self,
+        full_path: PathLike[str] | str,
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
         response.headers.update(SECURITY_HEADERS)
         return response
 
