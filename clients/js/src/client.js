@@ -173,7 +173,7 @@ export class StreamClient extends EventTarget {
     });
     ws.addEventListener("message", (message) => {
       // Decoding may wait (gzip streams): handle messages strictly one after another.
-      conn.queue = conn.queue.then(() => this._onMessage(conn, message.data));
+      this._enqueue(conn, () => this._onMessage(conn, message.data));
     });
     ws.addEventListener("error", () => {
       // A close event always follows; it decides what to do.
@@ -181,8 +181,13 @@ export class StreamClient extends EventTarget {
     ws.addEventListener("close", (event) => {
       clearTimeout(conn.openTimer);
       // Frames already received are applied before the close is acted on.
-      conn.queue = conn.queue.then(() => this._onClose(conn, event.code, event.reason));
+      this._enqueue(conn, () => this._onClose(conn, event.code, event.reason));
     });
+  }
+
+  _enqueue(conn, step) {
+    // A step that throws must not stall the ones behind it.
+    conn.queue = conn.queue.then(step).catch((error) => this.dispatchEvent(detailEvent("error", { error })));
   }
 
   _readRefusal(conn, res) {
