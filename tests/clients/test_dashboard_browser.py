@@ -77,6 +77,8 @@ def _post(server: ServeProcess, token: str, kind: str, **fields: Any) -> dict[st
 
 def _log_in(page: Any, server: ServeProcess, query: str = "") -> None:
     page.goto(f"{server.http}/dashboard{query}")
+    page.wait_for_selector("#login-form", state="visible", timeout=5_000)
+    assert page.is_hidden("#session") and page.is_hidden("#live")
     page.fill("#email", "user@example.com")
     page.fill("#password", "changeme")
     page.press("#password", "Enter")  # the form submits on Enter
@@ -145,6 +147,27 @@ def test_the_dashboard_shows_a_posted_expense_within_a_second(browser: Any, tmp_
         if os.environ.get("STREAMCORE_UPDATE_SCREENSHOT") == "1":
             shutil.copyfile(shot, SCREENSHOT)
         assert console.errors == []
+    finally:
+        page.close()
+        server.stop()
+
+
+def test_a_wrong_password_shows_the_api_s_message_and_keeps_the_form(
+    browser: Any, tmp_path: Path
+) -> None:
+    server = ServeProcess(tmp_path, server_env(tmp_path), "dashboard-login")
+    page = browser.new_page()
+    console = Console(page)
+    try:
+        page.goto(f"{server.http}/dashboard")
+        page.fill("#email", "user@example.com")
+        page.fill("#password", "not-the-password")
+        page.press("#email", "Enter")  # Enter in either field submits
+        page.wait_for_selector("#login-error", state="visible", timeout=10_000)
+        assert page.text_content("#login-error") == "Email or password is incorrect."
+        assert page.is_visible("#login-form") and page.is_hidden("#live")
+        # The browser reports the 401 itself; the page adds nothing of its own.
+        assert [e for e in console.errors if "401" not in e] == []
     finally:
         page.close()
         server.stop()
