@@ -31,8 +31,18 @@ export class StreamRefused extends Error {
   }
 }
 
+// Node 18 has EventTarget and Event but no global CustomEvent.
+const DetailEvent =
+  globalThis.CustomEvent ??
+  class CustomEvent extends Event {
+    constructor(type, options = {}) {
+      super(type);
+      this.detail = options.detail ?? null;
+    }
+  };
+
 function detailEvent(type, detail) {
-  return new CustomEvent(type, { detail });
+  return new DetailEvent(type, { detail });
 }
 
 /**

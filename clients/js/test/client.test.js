@@ -71,6 +71,29 @@ describe("frames", () => {
   });
 });
 
+describe("the client alone", () => {
+  test("without a global CustomEvent (Node 18), events still carry their detail", async () => {
+    const saved = globalThis.CustomEvent;
+    delete globalThis.CustomEvent;
+    try {
+      const { StreamClient: Fresh } = await import("../src/client.js?without-custom-event");
+      const client = new Fresh("ws://127.0.0.1:9/v2/realtime/stream", "t", { WebSocket });
+      let detail;
+      client.addEventListener("closed", (e) => (detail = e.detail));
+      client.close();
+      assert.deepEqual(detail, { code: 1000, reason: "closed by the client", fatal: false });
+    } finally {
+      globalThis.CustomEvent = saved;
+    }
+  });
+
+  test("bad arguments are refused at once", () => {
+    assert.throws(() => new StreamClient([], "t", { WebSocket }), TypeError);
+    assert.throws(() => new StreamClient("ws://a", "t", { WebSocket, codec: "brotli" }), /codec/);
+    assert.throws(() => new StreamClient("ws://a", 42, { WebSocket }), /token/);
+  });
+});
+
 describe("against a real server", () => {
   let server;
   let token;
