@@ -1,6 +1,6 @@
 // A client of GET /v2/realtime/stream that survives reconnects: it keeps the org sequence's epoch
 // and the last position it applied, resumes wherever it lands, and never applies a frame across
-// a gap (docs/PROTOCOL.md, version 2). The behaviour follows src/app/client.py.
+// a gap (docs/PROTOCOL.md, version 2). The behaviour follows the Python StreamClient.
 import { decodeFrame, DEFAULT_MAX_RAW_LENGTH, FrameKind } from "./frame.js";
 
 export const SUBPROTOCOL = "streamcore.v2";
