@@ -17,6 +17,7 @@ from . import (
     apidocs,
     auth,
     cache,
+    dashboard,
     edge,
     finance,
     health,
@@ -200,6 +201,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes=[
             *routes(operations),
             *realtime.websocket_routes,
+            *dashboard.routes,
             Mount("/docs/assets", app=apidocs.Assets()),  # the API page's files (app/apidocs.py)
         ],
         middleware=middleware,
