@@ -251,6 +251,7 @@ class Ledger:
         self.date = table.c[f"{kind}_date"]
         self._insert = insert(table).returning(table.c.id)
         self._pg_write = _postgres_write(table.name, self.date.name)
+        self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -332,12 +333,24 @@ class Ledger:
                 db = await storage.driver_connection(conn)
                 row = await db.fetchrow(self._pg_write, *args)
         else:
-            async with engine.begin() as conn:
-                row = (await conn.exec_driver_sql(self._pg_write, args)).mappings().first()
-                if row is not None:
-                    record["id"] = row["id"]
-                    # The key's record commits with the entry: a retry can never write it twice.
-                    await claim.complete(conn, OrjsonResponse(record, status_code=201))
+            # The key's record is written by the same statement, so it commits with the entry:
+            # a retry can never write it twice. Its body is the response's, whose id (first in
+            # the record) is the one the statement draws for the entry.
+            response = OrjsonResponse(record, status_code=201)
+            body = bytes(response.body)
+            assert body.startswith(_ID_PLACEHOLDER)
+            stored = idempotency.Stored.of(201, response.raw_headers, body)
+            keyed = (*args, *claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
+            async with engine.connect() as conn:
+                db = await storage.driver_connection(conn)
+                row = await db.fetchrow(self._pg_keyed_write, *keyed)
+            if not row["owned"]:
+                raise NotFound("Property not found.")
+            if row["claimed"]:
+                record["id"] = row["id"]
+                body = b'{"id":%d%s' % (row["id"], body[len(_ID_PLACEHOLDER) :])
+                stored = idempotency.Stored(201, stored.headers, body)
+            claim.completed_in_statement(stored, bool(row["claimed"]))
         if row is None:  # nothing was written: not a property of this org
             raise NotFound("Property not found.")
         record["id"] = row["id"]
@@ -519,6 +532,54 @@ WITH bump AS (
         revenues_cents = t.revenues_cents + excluded.revenues_cents
 )
 SELECT entry.id, bump.totals_version AS version, bump.totals::text AS totals FROM entry, bump
+"""
+
+
+_ID_PLACEHOLDER = b'{"id":0'
+
+
+def _postgres_keyed_write(table: str, date_column: str) -> str:
+    """The write of _postgres_write and the Idempotency-Key's completed record, one statement.
+
+    $1-$12 as there; $13-$22 Claim.completed_args; $23 the response body after its id. `owner`
+    locks the property first (FOR UPDATE: no row, nothing is written); the record is then
+    upserted with the entry's id drawn from its sequence, and the entry, the totals and the
+    version move only if the record was won. Every such statement locks one property, then one
+    key, in that order, so two cannot deadlock. owned and claimed say why nothing was written.
+    """
+    record = idempotency.completed_pg(
+        "$2::bigint", 13, "ids", "convert_to('{\"id\":' || ids.id::text, 'UTF8') || $23::bytea"
+    )
+    return f"""
+WITH owner AS (
+    SELECT id FROM properties WHERE id = $1::bigint AND org_id = $2::bigint FOR UPDATE
+), ids AS (
+    SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id FROM owner
+), rec AS ({record}
+), bump AS (
+    UPDATE properties SET totals_version = totals_version + 1,
+        totals = jsonb_set(totals, ARRAY[$5::text], jsonb_build_array(
+            COALESCE((totals -> $5::text ->> 0)::bigint, 0) + $11::bigint,
+            COALESCE((totals -> $5::text ->> 1)::bigint, 0) + $12::bigint))
+    WHERE id = $1::bigint AND org_id = $2::bigint AND EXISTS (SELECT 1 FROM rec)
+    RETURNING id, totals_version, totals
+), entry AS (
+    INSERT INTO {table} (id, org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT ids.id, $2::bigint, bump.id, $3::text, $4::bigint, $5::text, $6::text,
+           $7::timestamptz, $8::text, $9::timestamptz, $10::bigint
+    FROM bump, ids
+    RETURNING id
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT id, $5::text, $11::bigint, $12::bigint FROM bump
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+)
+SELECT (SELECT count(*) FROM owner) AS owned, (SELECT count(*) FROM rec) AS claimed,
+       entry.id, bump.totals_version AS version, bump.totals::text AS totals
+FROM (SELECT 1) AS one LEFT JOIN entry ON true LEFT JOIN bump ON true
 """
 
 
