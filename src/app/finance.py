@@ -10,6 +10,7 @@ import base64
 import binascii
 import datetime as dt
 import re
+import sqlite3
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -26,8 +27,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import BigInteger, Table, and_, cast, func, or_, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -42,7 +43,7 @@ from .events import Event, Publisher, fact, state
 from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
-from .storage import expenses, property_totals, revenues, utcnow
+from .storage import expenses, revenues, utcnow
 from .validation import INSTANT_PATTERN, iso_instant, read_json, read_query, whole_number
 
 MAX_ID = 2**63 - 1
@@ -249,7 +250,11 @@ class Ledger:
         self.kind = kind  # "expense" | "revenue"
         self.date_field = date_field  # camelCase, as the API names it
         self.date = table.c[f"{kind}_date"]
-        self._insert = insert(table).returning(table.c.id)
+        self._sqlite_insert = (
+            f"INSERT INTO {table.name} (org_id, property_id, category, amount_cents, currency, "
+            f"description, {self.date.name}, payment_mode, created_at, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+        )
         self._pg_write = _postgres_write(table.name, self.date.name)
         self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
 
@@ -292,9 +297,7 @@ class Ledger:
         if engine.dialect.name == "postgresql":
             version, totals = await self._store_postgres(engine, who.org_id, record, claim)
         else:
-            version, totals = await storage.group_commit(engine).run(
-                lambda conn: self._store_sqlite(conn, who.org_id, record, claim)
-            )
+            version, totals = await self._store_sqlite(engine, who.org_id, record, claim)
         bus.publish_many(self.events(who.org_id, record, version, totals))
         return record, Write(version, self.kind, body.currency, body.amount_cents, date)
 
@@ -358,53 +361,63 @@ class Ledger:
 
     async def _store_sqlite(
         self,
-        conn: AsyncConnection,
+        engine: AsyncEngine,
         org_id: int,
         record: dict[str, Any],
         claim: idempotency.Claim | None,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """The write as one job of a group commit (SQLite has no data-modifying CTEs)."""
+        """The write as one job of a group commit, run on SQLite's thread in one hop."""
         pid = record["propertyId"]
         amount = record["amountCents"]
         expense, revenue = (amount, 0) if self.kind == "expense" else (0, amount)
         path = f'$."{record["currency"]}"'  # an ISO 4217 code: three capital letters
-        bumped = (
-            (
-                await conn.exec_driver_sql(
-                    _SQLITE_BUMP, (path, path, expense, path, revenue, pid, org_id)
-                )
-            )
-            .mappings()
-            .first()
+        bump = (path, path, expense, path, revenue, pid, org_id)
+        entry = (
+            org_id,
+            pid,
+            record["category"],
+            amount,
+            record["currency"],
+            record["description"],
+            _SQLITE_INSTANT(record[self.date_field]),
+            record["paymentMode"],
+            _SQLITE_INSTANT(record["createdAt"]),
+            record["createdBy"],
         )
-        if bumped is None:  # nothing was written: not a property of this org
-            raise NotFound("Property not found.")
-        version, totals = int(bumped["totals_version"]), _totals(bumped["totals"])
-        values = {
-            "org_id": org_id,
-            "property_id": pid,
-            "category": record["category"],
-            "amount_cents": amount,
-            "currency": record["currency"],
-            "description": record["description"],
-            self.date.name: record[self.date_field],
-            "payment_mode": record["paymentMode"],
-            "created_at": record["createdAt"],
-            "created_by": record["createdBy"],
-        }
-        record["id"] = (await conn.execute(self._insert, values)).scalar_one()
-        await conn.execute(
-            _UPSERT_TOTALS["sqlite"],
-            {
-                "property_id": pid,
-                "currency": record["currency"],
-                "expenses_cents": expense,
-                "revenues_cents": revenue,
-            },
-        )
+        moved = (pid, record["currency"], expense, revenue)
+        stored: idempotency.Stored | None = None
         if claim is not None:
-            await claim.complete(conn, OrjsonResponse(record, status_code=201))
-        return int(version), totals
+            response = OrjsonResponse(record, status_code=201)
+            body = bytes(response.body)
+            assert body.startswith(_ID_PLACEHOLDER)
+            stored = idempotency.Stored.of(201, response.raw_headers, body)
+
+        def job(db: sqlite3.Connection) -> tuple[int, str, idempotency.Stored | None]:
+            bumped = db.execute(_SQLITE_BUMP, bump).fetchall()
+            if not bumped:  # nothing was written: not a property of this org
+                raise NotFound("Property not found.")
+            ((id_,),) = db.execute(self._sqlite_insert, entry).fetchall()
+            db.execute(_SQLITE_MOVE_TOTALS, moved)
+            record["id"] = id_
+            if stored is None:
+                return bumped[0][0], bumped[0][1], None
+            # The key's record commits with the entry: a retry can never write it twice.
+            body = b'{"id":%d%s' % (id_, stored.body[len(_ID_PLACEHOLDER) :])
+            mine = idempotency.Stored(201, stored.headers, body)
+            if not claim.complete_on_sqlite(db, mine):
+                raise idempotency.RecordExists(claim.key)  # rolls this job back alone
+            return bumped[0][0], bumped[0][1], mine
+
+        try:
+            version, totals, saved = await storage.group_commit(engine).run_sync(job)
+        except idempotency.RecordExists:
+            assert claim is not None and stored is not None
+            claim.completed_in_statement(stored, False)
+            raise
+        if claim is not None:
+            assert saved is not None
+            claim.completed_in_statement(saved, True)
+        return int(version), _totals(totals)
 
     def events(
         self, org_id: int, record: dict[str, Any], version: int, totals: list[dict[str, Any]]
@@ -471,25 +484,16 @@ class Ledger:
         )
 
 
-def _upsert_totals(dialect: str) -> Any:
-    pt = property_totals
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(pt).values(
-        property_id=bindparam("property_id"),
-        currency=bindparam("currency"),
-        expenses_cents=bindparam("expenses_cents"),
-        revenues_cents=bindparam("revenues_cents"),
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[pt.c.property_id, pt.c.currency],
-        set_={
-            "expenses_cents": pt.c.expenses_cents + stmt.excluded.expenses_cents,
-            "revenues_cents": pt.c.revenues_cents + stmt.excluded.revenues_cents,
-        },
-    )
-
-
-# Built once: constructing an ON CONFLICT statement costs more than executing it on SQLite.
-_UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
+_SQLITE_MOVE_TOTALS = """
+INSERT INTO property_totals (property_id, currency, expenses_cents, revenues_cents)
+VALUES (?, ?, ?, ?)
+ON CONFLICT (property_id, currency) DO UPDATE
+SET expenses_cents = expenses_cents + excluded.expenses_cents,
+    revenues_cents = revenues_cents + excluded.revenues_cents
+"""
+# An aware instant as SQLAlchemy stores it on SQLite (naive UTC text, microseconds included),
+# so rows written on the driver's thread read back like every other.
+_SQLITE_INSTANT = storage.expenses.c.created_at.type._cached_bind_processor(sqlite.dialect())
 # The version bump also moves the row's totals snapshot and returns both (SQLite's JSON1).
 _SQLITE_BUMP = """
 UPDATE properties SET totals_version = totals_version + 1,

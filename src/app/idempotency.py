@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import secrets
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -212,6 +213,16 @@ class Claim:
             self.token,
         )
 
+    def complete_on_sqlite(self, db: sqlite3.Connection, stored: Stored) -> bool:
+        """On SQLite's thread, in the write's transaction: upsert the record; False if taken."""
+        values = self.store._values(self, self.store.now_ms(), stored)
+        try:
+            return bool(
+                db.execute(_SQLITE_COMPLETED.sql, _SQLITE_COMPLETED.args(values)).fetchall()
+            )
+        except sqlite3.IntegrityError:  # a concurrent insert reported this way
+            return False
+
     def completed_in_statement(self, stored: Stored, written: bool) -> None:
         """Account for a record that a write statement stored (or found taken: RecordExists)."""
         if not written:
@@ -315,6 +326,7 @@ class _DriverStatement:
 _PG_DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")
 _PG_CLAIM = _DriverStatement(_UPSERTS[("postgresql", False)], _PG_DIALECT)
 _PG_LOOKUP = _DriverStatement(_LOOKUP, _PG_DIALECT)
+_SQLITE_COMPLETED = _DriverStatement(_UPSERTS[("sqlite", True)], sqlite.dialect())
 
 
 class DatabaseStore:
