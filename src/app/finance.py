@@ -332,8 +332,7 @@ class Ledger:
             # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
             # property's row is locked only while PostgreSQL runs it. asyncpg itself runs it,
             # prepared once per connection, bypassing SQLAlchemy's execution layer.
-            async with engine.connect() as conn:
-                db = await storage.driver_connection(conn)
+            async with storage.single_statement(engine) as db:
                 row = await db.fetchrow(self._pg_write, *args)
         else:
             # The key's record is written by the same statement, so it commits with the entry:
@@ -344,8 +343,7 @@ class Ledger:
             assert body.startswith(_ID_PLACEHOLDER)
             stored = idempotency.Stored.of(201, response.raw_headers, body)
             keyed = (*args, *claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
-            async with engine.connect() as conn:
-                db = await storage.driver_connection(conn)
+            async with storage.single_statement(engine) as db:
                 row = await db.fetchrow(self._pg_keyed_write, *keyed)
             if not row["owned"]:
                 raise NotFound("Property not found.")

@@ -395,8 +395,7 @@ class DatabaseStore:
     async def _claim_row(self, values: dict[str, Any]) -> Any:
         if self.engine.dialect.name == "postgresql":
             # One statement is its own transaction: no BEGIN or COMMIT round trips.
-            async with self.engine.connect() as conn:
-                db = await storage.driver_connection(conn)
+            async with storage.single_statement(self.engine) as db:
                 return await db.fetchrow(_PG_CLAIM.sql, *_PG_CLAIM.args(values))
         # On SQLite a claim is a job of the writes' group commit: it shares their transaction,
         # fsync and single hop to the driver's thread instead of taking the lock alone.
@@ -410,11 +409,12 @@ class DatabaseStore:
         """Judge the stored row for this caller and key against the request; None if none."""
         now = self.now_ms()
         key = {"o": c.org_id, "u": c.user_id, "k": c.key}
-        async with self.engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                db = await storage.driver_connection(conn)
+        row: Any
+        if self.engine.dialect.name == "postgresql":
+            async with storage.single_statement(self.engine) as db:
                 row = await db.fetchrow(_PG_LOOKUP.sql, *_PG_LOOKUP.args(key))
-            else:
+        else:
+            async with self.engine.connect() as conn:
                 row = (await conn.execute(_LOOKUP, key)).mappings().first()
         if row is None or row["expires_ms"] <= now:
             return None

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
+import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -222,6 +224,128 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     """The driver's own connection under conn (asyncpg's), for statements prepared by it."""
     raw = await conn.get_raw_connection()
     return raw.driver_connection
+
+
+class DriverConnections:
+    """asyncpg connections lent for one statement at a time, without SQLAlchemy's checkout.
+
+    The hot writes are single statements run on asyncpg itself; checking a connection out of
+    SQLAlchemy's pool for each (AsyncConnection, greenlet, checkout and reset-on-return) cost
+    about as much CPU as the statement. Up to `size` connections are taken from that pool once
+    and kept; a statement borrows one from a free list. A connection the server closed or one
+    older than POOL_RECYCLE_S is handed back to SQLAlchemy's pool (which swaps a closed one
+    at its next checkout) and replaced; one whose statement raised is given back too, since a
+    cancelled statement can leave it mid-protocol. Opened by the app's lifespan and closed
+    before the engine is disposed; an engine without one is served by engine.connect().
+    """
+
+    def __init__(self, engine: AsyncEngine, size: int) -> None:
+        self.engine = engine
+        self.size = size
+        self._idle: list[tuple[AsyncConnection, Any, float]] = []
+        # A waiter gets a connection, or None: one was dropped, so it may open its own.
+        self._waiters: deque[asyncio.Future[tuple[AsyncConnection, Any, float] | None]] = deque()
+        self._open = 0
+        self._closed = False
+        self._late: set[asyncio.Future[None]] = set()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """Borrow a driver connection for one statement (no transaction is left open on it)."""
+        held = await self._acquire()
+        try:
+            yield held[1]
+        except BaseException:
+            await self._drop(held)
+            raise
+        self._release(held)
+
+    async def _acquire(self) -> tuple[AsyncConnection, Any, float]:
+        while self._idle:
+            held = self._idle.pop()
+            if held[1].is_closed() or time.monotonic() - held[2] > POOL_RECYCLE_S:
+                await self._drop(held)
+                continue
+            return held
+        if self._open < self.size:
+            self._open += 1
+            try:
+                conn = await self.engine.connect()
+                return conn, await driver_connection(conn), time.monotonic()
+            except BaseException:
+                self._open -= 1
+                raise
+        waiter: asyncio.Future[tuple[AsyncConnection, Any, float] | None]
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        handed = await waiter
+        if handed is None or handed[1].is_closed():
+            if handed is not None:
+                await self._drop(handed)
+            return await self._acquire()
+        return handed
+
+    def _hand_over(self, held: tuple[AsyncConnection, Any, float] | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(held)
+                return True
+        return False
+
+    def _release(self, held: tuple[AsyncConnection, Any, float]) -> None:
+        if self._closed:
+            self._open -= 1
+            task = asyncio.ensure_future(held[0].close())  # returned after close(): let go
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        elif not self._hand_over(held):
+            self._idle.append(held)
+
+    async def _drop(self, held: tuple[AsyncConnection, Any, float]) -> None:
+        self._open -= 1
+        try:
+            await held[0].close()  # back to SQLAlchemy's pool, which checks it at checkout
+        finally:
+            self._hand_over(None)
+
+    async def close(self) -> None:
+        """Give every idle connection back to SQLAlchemy's pool (before engine.dispose)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _, _ in idle:
+            self._open -= 1
+            await conn.close()
+
+
+_driver_connections: weakref.WeakKeyDictionary[AsyncEngine, DriverConnections] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def open_driver_connections(engine: AsyncEngine, size: int = 10) -> DriverConnections:
+    """Lend asyncpg connections of this engine to single statements (PostgreSQL only)."""
+    found = _driver_connections[engine] = DriverConnections(engine, size)
+    return found
+
+
+async def close_driver_connections(engine: AsyncEngine) -> None:
+    found = _driver_connections.pop(engine, None)
+    if found is not None:
+        await found.close()
+
+
+@asynccontextmanager
+async def single_statement(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """An asyncpg connection for one autocommitted statement: lent if the app opened a
+    DriverConnections for the engine, else checked out of SQLAlchemy's pool."""
+    lender = _driver_connections.get(engine)
+    if lender is not None:
+        async with lender.connection() as db:
+            yield db
+        return
+    async with engine.connect() as conn:
+        yield await driver_connection(conn)
 
 
 # SQLite has one writer at a time. Writers that queue on an asyncio lock are served in order;
