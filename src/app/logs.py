@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -37,6 +38,12 @@ _SECRET_TEXT = re.compile(
 # logs one line per connection instead, path only.
 _UVICORN_HANDSHAKE = '%s - "WebSocket %s"'
 _UNFINISHED_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_key(name: str) -> bool:
+    # Field names repeat on every line (requestId, path, status...): decided once per name.
+    return any(word in name.lower() for word in _SECRET_WORDS)
 
 
 def redact(text: str) -> str:
@@ -78,7 +85,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key in _STANDARD or key.startswith("_"):
                 continue
-            if any(word in key.lower() for word in _SECRET_WORDS):
+            if _secret_key(key):
                 value = "[redacted]"
             entry[key] = value
         if record.exc_info:
