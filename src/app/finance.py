@@ -11,6 +11,7 @@ import binascii
 import datetime as dt
 import re
 import sqlite3
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -384,6 +385,7 @@ class Ledger:
         )
         moved = (pid, record["currency"], expense, revenue)
         stored: idempotency.Stored | None = None
+        keyed = claim
         if claim is not None:
             response = OrjsonResponse(record, status_code=201)
             body = bytes(response.body)
@@ -397,13 +399,13 @@ class Ledger:
             ((id_,),) = db.execute(self._sqlite_insert, entry).fetchall()
             db.execute(_SQLITE_MOVE_TOTALS, moved)
             record["id"] = id_
-            if stored is None:
+            if stored is None or keyed is None:
                 return bumped[0][0], bumped[0][1], None
             # The key's record commits with the entry: a retry can never write it twice.
             body = b'{"id":%d%s' % (id_, stored.body[len(_ID_PLACEHOLDER) :])
             mine = idempotency.Stored(201, stored.headers, body)
-            if not claim.complete_on_sqlite(db, mine):
-                raise idempotency.RecordExists(claim.key)  # rolls this job back alone
+            if not keyed.complete_on_sqlite(db, mine):
+                raise idempotency.RecordExists(keyed.key)  # rolls this job back alone
             return bumped[0][0], bumped[0][1], mine
 
         try:
@@ -491,7 +493,9 @@ SET expenses_cents = expenses_cents + excluded.expenses_cents,
 """
 # An aware instant as SQLAlchemy stores it on SQLite (naive UTC text, microseconds included),
 # so rows written on the driver's thread read back like every other.
-_SQLITE_INSTANT = storage.expenses.c.created_at.type._cached_bind_processor(sqlite.dialect())
+_SQLITE_INSTANT: Callable[[Any], Any] = storage.expenses.c.created_at.type._cached_bind_processor(
+    sqlite.dialect()
+)  # type: ignore[assignment]
 # The version bump also moves the row's totals snapshot and returns both (SQLite's JSON1).
 _SQLITE_BUMP = """
 UPDATE properties SET totals_version = totals_version + 1,

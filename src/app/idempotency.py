@@ -323,7 +323,7 @@ class _DriverStatement:
         return [values[n] if n in values else self.defaults[n] for n in self.names]
 
 
-_PG_DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")
+_PG_DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 _PG_CLAIM = _DriverStatement(_UPSERTS[("postgresql", False)], _PG_DIALECT)
 _PG_LOOKUP = _DriverStatement(_LOOKUP, _PG_DIALECT)
 _SQLITE_CLAIM = _DriverStatement(_UPSERTS[("sqlite", False)], sqlite.dialect())

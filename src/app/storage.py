@@ -385,11 +385,13 @@ class GroupCommit:
 
     async def run(self, job: Job[T]) -> T:
         """Run job(conn) in the next shared transaction; its result once that has committed."""
-        return await self._enqueue(job, False)
+        result: T = await self._enqueue(job, False)
+        return result
 
     async def run_sync(self, job: SyncJob[T]) -> T:
         """Run job(sqlite3 connection) on the driver's thread in the next shared transaction."""
-        return await self._enqueue(job, True)
+        result: T = await self._enqueue(job, True)
+        return result
 
     async def _enqueue(self, job: Any, sync: bool) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -421,14 +423,14 @@ class GroupCommit:
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
                 while self._pending and len(done) < self.MAX_BATCH:
                     if self._pending[0][1]:
-                        jobs = []
+                        jobs: list[SyncJob[Any]] = []
                         while (
                             self._pending
                             and self._pending[0][1]
                             and len(done) + len(jobs) < self.MAX_BATCH
                         ):
                             job, _, future = self._pending.pop(0)
-                            jobs.append(job)
+                            jobs.append(job)  # type: ignore[arg-type]  # sync: flagged True
                             current.append(future)
                         outcomes = await _on_sqlite_thread(conn, _run_sync_jobs, jobs)
                         done.extend(
@@ -443,7 +445,7 @@ class GroupCommit:
                     # newest savepoint called "job", this job's own.
                     await conn.exec_driver_sql("SAVEPOINT job")
                     try:
-                        value = await job(conn)
+                        value = await job(conn)  # type: ignore[arg-type]
                     except Exception as exc:
                         await conn.exec_driver_sql("ROLLBACK TO job")
                         done.append((future, False, exc))
