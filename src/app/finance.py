@@ -6,11 +6,13 @@ Money is integer minor units end to end; totals are grouped by currency in SQL.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import datetime as dt
 import re
 import sqlite3
+import weakref
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
@@ -258,6 +260,7 @@ class Ledger:
         )
         self._pg_write = _postgres_write(table.name, self.date.name)
         self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
+        self._pg_write_many = _postgres_write_many(table.name, self.date.name)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -327,36 +330,99 @@ class Ledger:
         record: dict[str, Any],
         claim: idempotency.Claim | None,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """One statement checks, inserts and moves the totals; a claim adds its own upsert."""
+        """One statement checks, inserts and moves the totals; a claim adds its own upsert.
+
+        Without a claim, writers of one property arriving while one is in flight share the
+        next statement (_Combiner); a keyed write goes alone, with its record.
+        """
         args = self._args(org_id, record)
         if claim is None:
-            # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
-            # property's row is locked only while PostgreSQL runs it. asyncpg itself runs it,
-            # prepared once per connection, bypassing SQLAlchemy's execution layer.
-            async with storage.single_statement(engine) as db:
-                row = await db.fetchrow(self._pg_write, *args)
-        else:
-            # The key's record is written by the same statement, so it commits with the entry:
-            # a retry can never write it twice. Its body is the response's, whose id (first in
-            # the record) is the one the statement draws for the entry.
-            response = OrjsonResponse(record, status_code=201)
-            body = bytes(response.body)
-            assert body.startswith(_ID_PLACEHOLDER)
-            stored = idempotency.Stored.of(201, response.raw_headers, body)
-            keyed = (*args, *claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
-            async with storage.single_statement(engine) as db:
-                row = await db.fetchrow(self._pg_keyed_write, *keyed)
-            if not row["owned"]:
-                raise NotFound("Property not found.")
-            if row["claimed"]:
-                record["id"] = row["id"]
-                body = b'{"id":%d%s' % (row["id"], body[len(_ID_PLACEHOLDER) :])
-                stored = idempotency.Stored(201, stored.headers, body)
-            claim.completed_in_statement(stored, bool(row["claimed"]))
-        if row is None:  # nothing was written: not a property of this org
+            # Writers of one property queue behind the one in flight and go as one statement.
+            version, totals, id_ = await _combiner(engine).write(
+                (self.kind, org_id, record["propertyId"]), args, self._run_batch(engine)
+            )
+            record["id"] = id_
+            return version, totals
+        # The key's record is written by the same statement, so it commits with the entry:
+        # a retry can never write it twice. Its body is the response's, whose id (first in
+        # the record) is the one the statement draws for the entry.
+        response = OrjsonResponse(record, status_code=201)
+        body = bytes(response.body)
+        assert body.startswith(_ID_PLACEHOLDER)
+        stored = idempotency.Stored.of(201, response.raw_headers, body)
+        keyed = (*args, *claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
+        async with storage.single_statement(engine) as db:
+            row = await db.fetchrow(self._pg_keyed_write, *keyed)
+        if not row["owned"]:
             raise NotFound("Property not found.")
+        if row["claimed"]:
+            record["id"] = row["id"]
+            body = b'{"id":%d%s' % (row["id"], body[len(_ID_PLACEHOLDER) :])
+            stored = idempotency.Stored(201, stored.headers, body)
+        claim.completed_in_statement(stored, bool(row["claimed"]))
         record["id"] = row["id"]
         return row["version"], _totals(row["totals"])
+
+    def _run_batch(self, engine: AsyncEngine) -> Callable[[list[tuple[Any, ...]]], Any]:
+        async def run(batch: list[tuple[Any, ...]]) -> list[tuple[int, Any, int]] | None:
+            """Write a batch of one property's entries; None if it is not the org's."""
+            if len(batch) == 1:
+                # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
+                # property's row is locked only while PostgreSQL runs it. asyncpg itself runs
+                # it, prepared once per connection, bypassing SQLAlchemy's execution layer.
+                async with storage.single_statement(engine) as db:
+                    row = await db.fetchrow(self._pg_write, *batch[0])
+                if row is None:
+                    return None
+                return [(row["version"], _totals(row["totals"]), row["id"])]
+            return await self._write_many(engine, batch)
+
+        return run
+
+    async def _write_many(
+        self, engine: AsyncEngine, batch: list[tuple[Any, ...]]
+    ) -> list[tuple[int, Any, int]] | None:
+        """Several entries of one property in one statement: one lock hold, one WAL flush.
+
+        The version moves by len(batch) and the snapshot by the batch's sums per currency; each
+        entry's own version and totals are then replayed here from the state before it, in the
+        order the writers arrived, as if each had run alone.
+        """
+        sums: dict[str, list[int]] = {}
+        for a in batch:
+            acc = sums.setdefault(a[4], [0, 0])
+            acc[0] += a[10]
+            acc[1] += a[11]
+        cur = list(sums)
+        cols = list(zip(*batch, strict=True))
+        async with storage.single_statement(engine) as db:
+            row = await db.fetchrow(
+                self._pg_write_many,
+                batch[0][0],
+                batch[0][1],
+                len(batch),
+                cur,
+                [sums[c][0] for c in cur],
+                [sums[c][1] for c in cur],
+                *(list(cols[i]) for i in (2, 3, 4, 5, 6, 7, 8, 9)),
+            )
+        if row is None:
+            return None
+        final: dict[str, list[int]] = orjson.loads(row["totals"])
+        state = {c: list(v) for c, v in final.items()}
+        for c, (e, r) in sums.items():
+            state[c] = [state[c][0] - e, state[c][1] - r]
+            if state[c] == [0, 0]:  # amounts are > 0: a key at zero is one the batch created
+                del state[c]
+        ids = sorted(row["ids"])
+        first = row["version"] - len(batch) + 1
+        out = []
+        for i, a in enumerate(batch):
+            step = state.setdefault(a[4], [0, 0])
+            step[0] += a[10]
+            step[1] += a[11]
+            out.append((first + i, _totals({c: list(v) for c, v in state.items()}), ids[i]))
+        return out
 
     async def _store_sqlite(
         self,
@@ -539,6 +605,104 @@ WITH bump AS (
 )
 SELECT entry.id, bump.totals_version AS version, bump.totals::text AS totals FROM entry, bump
 """
+
+
+def _postgres_write_many(table: str, date_column: str) -> str:
+    """_postgres_write for a batch of one property's entries: $1 property, $2 org, $3 count,
+    $4-$6 the batch's sums per currency, $7-$14 the entries' columns as arrays, in order."""
+    return f"""
+WITH bump AS (
+    UPDATE properties SET totals_version = totals_version + $3::bigint,
+        totals = totals || (
+            SELECT jsonb_object_agg(s.currency, jsonb_build_array(
+                COALESCE((properties.totals -> s.currency ->> 0)::bigint, 0) + s.e,
+                COALESCE((properties.totals -> s.currency ->> 1)::bigint, 0) + s.r))
+            FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS s(currency, e, r))
+    WHERE id = $1::bigint AND org_id = $2::bigint
+    RETURNING id, totals_version, totals
+), entry AS (
+    INSERT INTO {table} (org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT $2::bigint, bump.id, e.category, e.amount, e.currency, e.description, e.day,
+           e.mode, e.created, e.author
+    FROM bump, unnest($7::text[], $8::bigint[], $9::text[], $10::text[], $11::timestamptz[],
+                      $12::text[], $13::timestamptz[], $14::bigint[])
+        WITH ORDINALITY AS e(category, amount, currency, description, day, mode, created,
+                             author, ord)
+    ORDER BY e.ord
+    RETURNING id
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT bump.id, s.currency, s.e, s.r
+    FROM bump, unnest($4::text[], $5::bigint[], $6::bigint[]) AS s(currency, e, r)
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+)
+SELECT bump.totals_version AS version, bump.totals::text AS totals,
+       (SELECT array_agg(id) FROM entry) AS ids
+FROM bump
+"""
+
+
+class _Combiner:
+    """Writers of one property take turns on its row anyway (locked until COMMIT has flushed
+    the WAL), so those arriving while one is in flight queue and go as one statement.
+
+    One task per busy property runs the batches in arrival order (up to MAX_BATCH); a writer
+    is answered once its batch's statement has returned, i.e. committed. A batch fails or
+    succeeds as a whole: every entry in it is the same org's write to the same property.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self) -> None:
+        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._running: dict[Any, asyncio.Task[None]] = {}
+        self.statements = 0  # tests read the sharing from these
+        self.writes = 0
+
+    async def write(self, key: Any, args: Any, run: Callable[[list[Any]], Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((args, future))
+        if key not in self._running:
+            self._running[key] = asyncio.create_task(self._drain(key, run))
+        return await future
+
+    async def _drain(self, key: Any, run: Callable[[list[Any]], Any]) -> None:
+        try:
+            while queued := self._queues.pop(key, None):
+                batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
+                if rest:
+                    self._queues[key] = rest + self._queues.get(key, [])
+                self.statements += 1
+                self.writes += len(batch)
+                try:
+                    results = await run([args for args, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for i, (_, future) in enumerate(batch):
+                    if future.done():  # the waiter was cancelled; its entry stays committed
+                        continue
+                    if results is None:  # nothing was written: not a property of this org
+                        future.set_exception(NotFound("Property not found."))
+                    else:
+                        future.set_result(results[i])
+        finally:
+            del self._running[key]
+
+
+_combiners: weakref.WeakKeyDictionary[AsyncEngine, _Combiner] = weakref.WeakKeyDictionary()
+
+
+def _combiner(engine: AsyncEngine) -> _Combiner:
+    found = _combiners.get(engine)
+    if found is None:
+        found = _combiners[engine] = _Combiner()
+    return found
 
 
 _ID_PLACEHOLDER = b'{"id":0'
