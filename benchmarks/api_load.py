@@ -158,7 +158,8 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", a
 )
 
 # wrk's per-thread script: a fixed count of answers per thread (then the thread stops), bodies
-# pre-built per property, an Idempotency-Key made per request only when asked for.
+# pre-built per property, an Idempotency-Key made per request only when asked for (new keys
+# only: the run's own prefix, the thread and a counter).
 WRK_LUA = r"""
 local threads = {}
 local next_id = 0
@@ -177,6 +178,7 @@ function init(args)
   props = {}
   for p in string.gmatch(args[5], "%d+") do table.insert(props, p) end
   if args[6] ~= "-" then wrk.headers["Authorization"] = "Bearer " .. args[6] end
+  run = args[7]
   if template ~= "-" then
     wrk.method = "POST"
     wrk.headers["Content-Type"] = "application/json"
@@ -197,7 +199,7 @@ function request()
   if idem then
     local h = {}
     for k, v in pairs(wrk.headers) do h[k] = v end
-    h["Idempotency-Key"] = string.format("load-%d-%d", tid, sent)
+    h["Idempotency-Key"] = string.format("load-%s-%d-%d", run, tid, sent)
     return wrk.format(nil, nil, h, r.body)
   end
   return r.req
@@ -416,6 +418,8 @@ class Runner:
             template,
             ",".join(map(str, load.properties)),
             load.token or "-",
+            # Fresh keys per invocation: the warm-up's keys would otherwise be replayed.
+            uuid.uuid4().hex[:12],
         ]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         out, err = proc.communicate(timeout=seconds + 30)

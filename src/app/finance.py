@@ -6,8 +6,12 @@ Money is integer minor units end to end; totals are grouped by currency in SQL.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
+import sqlite3
+import weakref
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -24,8 +28,8 @@ from pydantic import (
     field_validator,
 )
 from pydantic.alias_generators import to_camel
-from sqlalchemy import BigInteger, Table, and_, bindparam, cast, func, insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import BigInteger, Table, and_, cast, func, or_, select
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
@@ -40,7 +44,7 @@ from .events import Event, Publisher, fact, state
 from .openapi import Operation
 from .responses import OrjsonResponse
 from .settings import MAX_AMOUNT_LIMIT, Settings
-from .storage import expenses, property_totals, revenues, utcnow
+from .storage import expenses, revenues, utcnow
 from .validation import (
     INSTANT_PATTERN,
     MAX_ID,
@@ -283,8 +287,14 @@ class Ledger:
         self.kind = kind  # "expense" | "revenue"
         self.date_field = date_field  # camelCase, as the API names it
         self.date = table.c[f"{kind}_date"]
-        self._insert = insert(table).returning(table.c.id)
+        self._sqlite_insert = (
+            f"INSERT INTO {table.name} (org_id, property_id, category, amount_cents, currency, "
+            f"description, {self.date.name}, payment_mode, created_at, created_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id"
+        )
         self._pg_write = _postgres_write(table.name, self.date.name)
+        self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
+        self._pg_write_many = _postgres_write_many(table.name, self.date.name)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -325,9 +335,7 @@ class Ledger:
         if engine.dialect.name == "postgresql":
             version, totals = await self._store_postgres(engine, who.org_id, record, claim)
         else:
-            version, totals = await storage.group_commit(engine).run(
-                lambda conn: self._store_sqlite(conn, who.org_id, record, claim)
-            )
+            version, totals = await self._store_sqlite(engine, who.org_id, record, claim)
         bus.publish_many(self.events(who.org_id, record, version, totals))
         return record, Write(version, self.kind, body.currency, body.amount_cents, date)
 
@@ -356,76 +364,160 @@ class Ledger:
         record: dict[str, Any],
         claim: idempotency.Claim | None,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """One statement checks, inserts and moves the totals; a claim adds its own upsert."""
+        """One statement checks, inserts and moves the totals; a claim adds its own upsert.
+
+        Without a claim, writers of one property arriving while one is in flight share the
+        next statement (_Combiner); a keyed write goes alone, with its record.
+        """
         args = self._args(org_id, record)
         if claim is None:
-            # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
-            # property's row is locked only while PostgreSQL runs it. asyncpg itself runs it,
-            # prepared once per connection, bypassing SQLAlchemy's execution layer.
-            async with engine.connect() as conn:
-                db = await storage.driver_connection(conn)
-                row = await db.fetchrow(self._pg_write, *args)
-        else:
-            async with engine.begin() as conn:
-                row = (await conn.exec_driver_sql(self._pg_write, args)).mappings().first()
-                if row is not None:
-                    record["id"] = row["id"]
-                    # The key's record commits with the entry: a retry can never write it twice.
-                    await claim.complete(conn, OrjsonResponse(record, status_code=201))
-        if row is None:  # nothing was written: not a property of this org
+            # Writers of one property queue behind the one in flight and go as one statement.
+            version, totals, id_ = await _combiner(engine).write(
+                (self.kind, org_id, record["propertyId"]), args, self._run_batch(engine)
+            )
+            record["id"] = id_
+            return version, totals
+        # The key's record is written by the same statement, so it commits with the entry:
+        # a retry can never write it twice. Its body is the response's, whose id (first in
+        # the record) is the one the statement draws for the entry.
+        response = OrjsonResponse(record, status_code=201)
+        body = bytes(response.body)
+        assert body.startswith(_ID_PLACEHOLDER)
+        stored = idempotency.Stored.of(201, response.raw_headers, body)
+        keyed = (*args, *claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
+        async with storage.single_statement(engine) as db:
+            row = await db.fetchrow(self._pg_keyed_write, *keyed)
+        if not row["owned"]:
             raise NotFound("Property not found.")
+        if row["claimed"]:
+            record["id"] = row["id"]
+            body = b'{"id":%d%s' % (row["id"], body[len(_ID_PLACEHOLDER) :])
+            stored = idempotency.Stored(201, stored.headers, body)
+        claim.completed_in_statement(stored, bool(row["claimed"]))
         record["id"] = row["id"]
         return row["version"], _totals(row["totals"])
 
+    def _run_batch(self, engine: AsyncEngine) -> Callable[[list[tuple[Any, ...]]], Any]:
+        async def run(batch: list[tuple[Any, ...]]) -> list[tuple[int, Any, int]] | None:
+            """Write a batch of one property's entries; None if it is not the org's."""
+            if len(batch) == 1:
+                # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
+                # property's row is locked only while PostgreSQL runs it. asyncpg itself runs
+                # it, prepared once per connection, bypassing SQLAlchemy's execution layer.
+                async with storage.single_statement(engine) as db:
+                    row = await db.fetchrow(self._pg_write, *batch[0])
+                if row is None:
+                    return None
+                return [(row["version"], _totals(row["totals"]), row["id"])]
+            return await self._write_many(engine, batch)
+
+        return run
+
+    async def _write_many(
+        self, engine: AsyncEngine, batch: list[tuple[Any, ...]]
+    ) -> list[tuple[int, Any, int]] | None:
+        """Several entries of one property in one statement: one lock hold, one WAL flush.
+
+        The version moves by len(batch) and the snapshot by the batch's sums per currency; each
+        entry's own version and totals are then replayed here from the state before it, in the
+        order the writers arrived, as if each had run alone.
+        """
+        sums: dict[str, list[int]] = {}
+        for a in batch:
+            acc = sums.setdefault(a[4], [0, 0])
+            acc[0] += a[10]
+            acc[1] += a[11]
+        cur = list(sums)
+        cols = list(zip(*batch, strict=True))
+        async with storage.single_statement(engine) as db:
+            row = await db.fetchrow(
+                self._pg_write_many,
+                batch[0][0],
+                batch[0][1],
+                len(batch),
+                cur,
+                [sums[c][0] for c in cur],
+                [sums[c][1] for c in cur],
+                *(list(cols[i]) for i in (2, 3, 4, 5, 6, 7, 8, 9)),
+            )
+        if row is None:
+            return None
+        final: dict[str, list[int]] = orjson.loads(row["totals"])
+        state = {c: list(v) for c, v in final.items()}
+        for c, (e, r) in sums.items():
+            state[c] = [state[c][0] - e, state[c][1] - r]
+            if state[c] == [0, 0]:  # amounts are > 0: a key at zero is one the batch created
+                del state[c]
+        ids = sorted(row["ids"])
+        first = row["version"] - len(batch) + 1
+        out = []
+        for i, a in enumerate(batch):
+            step = state.setdefault(a[4], [0, 0])
+            step[0] += a[10]
+            step[1] += a[11]
+            out.append((first + i, _totals({c: list(v) for c, v in state.items()}), ids[i]))
+        return out
+
     async def _store_sqlite(
         self,
-        conn: AsyncConnection,
+        engine: AsyncEngine,
         org_id: int,
         record: dict[str, Any],
         claim: idempotency.Claim | None,
     ) -> tuple[int, list[dict[str, Any]]]:
-        """The write as one job of a group commit (SQLite has no data-modifying CTEs)."""
+        """The write as one job of a group commit, run on SQLite's thread in one hop."""
         pid = record["propertyId"]
         amount = record["amountCents"]
         expense, revenue = (amount, 0) if self.kind == "expense" else (0, amount)
         path = f'$."{record["currency"]}"'  # an ISO 4217 code: three capital letters
-        bumped = (
-            (
-                await conn.exec_driver_sql(
-                    _SQLITE_BUMP, (path, path, expense, path, revenue, pid, org_id)
-                )
-            )
-            .mappings()
-            .first()
+        bump = (path, path, expense, path, revenue, pid, org_id)
+        entry = (
+            org_id,
+            pid,
+            record["category"],
+            amount,
+            record["currency"],
+            record["description"],
+            _SQLITE_INSTANT(record[self.date_field]),
+            record["paymentMode"],
+            _SQLITE_INSTANT(record["createdAt"]),
+            record["createdBy"],
         )
-        if bumped is None:  # nothing was written: not a property of this org
-            raise NotFound("Property not found.")
-        version, totals = int(bumped["totals_version"]), _totals(bumped["totals"])
-        values = {
-            "org_id": org_id,
-            "property_id": pid,
-            "category": record["category"],
-            "amount_cents": amount,
-            "currency": record["currency"],
-            "description": record["description"],
-            self.date.name: record[self.date_field],
-            "payment_mode": record["paymentMode"],
-            "created_at": record["createdAt"],
-            "created_by": record["createdBy"],
-        }
-        record["id"] = (await conn.execute(self._insert, values)).scalar_one()
-        await conn.execute(
-            _UPSERT_TOTALS["sqlite"],
-            {
-                "property_id": pid,
-                "currency": record["currency"],
-                "expenses_cents": expense,
-                "revenues_cents": revenue,
-            },
-        )
+        moved = (pid, record["currency"], expense, revenue)
+        stored: idempotency.Stored | None = None
+        keyed = claim
         if claim is not None:
-            await claim.complete(conn, OrjsonResponse(record, status_code=201))
-        return int(version), totals
+            response = OrjsonResponse(record, status_code=201)
+            body = bytes(response.body)
+            assert body.startswith(_ID_PLACEHOLDER)
+            stored = idempotency.Stored.of(201, response.raw_headers, body)
+
+        def job(db: sqlite3.Connection) -> tuple[int, str, idempotency.Stored | None]:
+            bumped = db.execute(_SQLITE_BUMP, bump).fetchall()
+            if not bumped:  # nothing was written: not a property of this org
+                raise NotFound("Property not found.")
+            ((id_,),) = db.execute(self._sqlite_insert, entry).fetchall()
+            db.execute(_SQLITE_MOVE_TOTALS, moved)
+            record["id"] = id_
+            if stored is None or keyed is None:
+                return bumped[0][0], bumped[0][1], None
+            # The key's record commits with the entry: a retry can never write it twice.
+            body = b'{"id":%d%s' % (id_, stored.body[len(_ID_PLACEHOLDER) :])
+            mine = idempotency.Stored(201, stored.headers, body)
+            if not keyed.complete_on_sqlite(db, mine):
+                raise idempotency.RecordExists(keyed.key)  # rolls this job back alone
+            return bumped[0][0], bumped[0][1], mine
+
+        try:
+            version, totals, saved = await storage.group_commit(engine).run_sync(job)
+        except idempotency.RecordExists:
+            assert claim is not None and stored is not None
+            claim.completed_in_statement(stored, False)
+            raise
+        if claim is not None:
+            assert saved is not None
+            claim.completed_in_statement(saved, True)
+        return int(version), _totals(totals)
 
     def events(
         self, org_id: int, record: dict[str, Any], version: int, totals: list[dict[str, Any]]
@@ -492,25 +584,18 @@ class Ledger:
         )
 
 
-def _upsert_totals(dialect: str) -> Any:
-    pt = property_totals
-    stmt = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(pt).values(
-        property_id=bindparam("property_id"),
-        currency=bindparam("currency"),
-        expenses_cents=bindparam("expenses_cents"),
-        revenues_cents=bindparam("revenues_cents"),
-    )
-    return stmt.on_conflict_do_update(
-        index_elements=[pt.c.property_id, pt.c.currency],
-        set_={
-            "expenses_cents": pt.c.expenses_cents + stmt.excluded.expenses_cents,
-            "revenues_cents": pt.c.revenues_cents + stmt.excluded.revenues_cents,
-        },
-    )
-
-
-# Built once: constructing an ON CONFLICT statement costs more than executing it on SQLite.
-_UPSERT_TOTALS = {name: _upsert_totals(name) for name in ("sqlite", "postgresql")}
+_SQLITE_MOVE_TOTALS = """
+INSERT INTO property_totals (property_id, currency, expenses_cents, revenues_cents)
+VALUES (?, ?, ?, ?)
+ON CONFLICT (property_id, currency) DO UPDATE
+SET expenses_cents = expenses_cents + excluded.expenses_cents,
+    revenues_cents = revenues_cents + excluded.revenues_cents
+"""
+# An aware instant as SQLAlchemy stores it on SQLite (naive UTC text, microseconds included),
+# so rows written on the driver's thread read back like every other.
+_SQLITE_INSTANT: Callable[[Any], Any] = storage.expenses.c.created_at.type._cached_bind_processor(
+    sqlite.dialect()
+)  # type: ignore[assignment]
 # The version bump also moves the row's totals snapshot and returns both (SQLite's JSON1).
 _SQLITE_BUMP = """
 UPDATE properties SET totals_version = totals_version + 1,
@@ -553,6 +638,152 @@ WITH bump AS (
         revenues_cents = t.revenues_cents + excluded.revenues_cents
 )
 SELECT entry.id, bump.totals_version AS version, bump.totals::text AS totals FROM entry, bump
+"""
+
+
+def _postgres_write_many(table: str, date_column: str) -> str:
+    """_postgres_write for a batch of one property's entries: $1 property, $2 org, $3 count,
+    $4-$6 the batch's sums per currency, $7-$14 the entries' columns as arrays, in order."""
+    return f"""
+WITH bump AS (
+    UPDATE properties SET totals_version = totals_version + $3::bigint,
+        totals = totals || (
+            SELECT jsonb_object_agg(s.currency, jsonb_build_array(
+                COALESCE((properties.totals -> s.currency ->> 0)::bigint, 0) + s.e,
+                COALESCE((properties.totals -> s.currency ->> 1)::bigint, 0) + s.r))
+            FROM unnest($4::text[], $5::bigint[], $6::bigint[]) AS s(currency, e, r))
+    WHERE id = $1::bigint AND org_id = $2::bigint
+    RETURNING id, totals_version, totals
+), entry AS (
+    INSERT INTO {table} (org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT $2::bigint, bump.id, e.category, e.amount, e.currency, e.description, e.day,
+           e.mode, e.created, e.author
+    FROM bump, unnest($7::text[], $8::bigint[], $9::text[], $10::text[], $11::timestamptz[],
+                      $12::text[], $13::timestamptz[], $14::bigint[])
+        WITH ORDINALITY AS e(category, amount, currency, description, day, mode, created,
+                             author, ord)
+    ORDER BY e.ord
+    RETURNING id
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT bump.id, s.currency, s.e, s.r
+    FROM bump, unnest($4::text[], $5::bigint[], $6::bigint[]) AS s(currency, e, r)
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+)
+SELECT bump.totals_version AS version, bump.totals::text AS totals,
+       (SELECT array_agg(id) FROM entry) AS ids
+FROM bump
+"""
+
+
+class _Combiner:
+    """Writers of one property take turns on its row anyway (locked until COMMIT has flushed
+    the WAL), so those arriving while one is in flight queue and go as one statement.
+
+    One task per busy property runs the batches in arrival order (up to MAX_BATCH); a writer
+    is answered once its batch's statement has returned, i.e. committed. A batch fails or
+    succeeds as a whole: every entry in it is the same org's write to the same property.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self) -> None:
+        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._running: dict[Any, asyncio.Task[None]] = {}
+        self.statements = 0  # tests read the sharing from these
+        self.writes = 0
+
+    async def write(self, key: Any, args: Any, run: Callable[[list[Any]], Any]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((args, future))
+        if key not in self._running:
+            self._running[key] = asyncio.create_task(self._drain(key, run))
+        return await future
+
+    async def _drain(self, key: Any, run: Callable[[list[Any]], Any]) -> None:
+        try:
+            while queued := self._queues.pop(key, None):
+                batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
+                if rest:
+                    self._queues[key] = rest + self._queues.get(key, [])
+                self.statements += 1
+                self.writes += len(batch)
+                try:
+                    results = await run([args for args, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for i, (_, future) in enumerate(batch):
+                    if future.done():  # the waiter was cancelled; its entry stays committed
+                        continue
+                    if results is None:  # nothing was written: not a property of this org
+                        future.set_exception(NotFound("Property not found."))
+                    else:
+                        future.set_result(results[i])
+        finally:
+            del self._running[key]
+
+
+_combiners: weakref.WeakKeyDictionary[AsyncEngine, _Combiner] = weakref.WeakKeyDictionary()
+
+
+def _combiner(engine: AsyncEngine) -> _Combiner:
+    found = _combiners.get(engine)
+    if found is None:
+        found = _combiners[engine] = _Combiner()
+    return found
+
+
+_ID_PLACEHOLDER = b'{"id":0'
+
+
+def _postgres_keyed_write(table: str, date_column: str) -> str:
+    """The write of _postgres_write and the Idempotency-Key's completed record, one statement.
+
+    $1-$12 as there; $13-$22 Claim.completed_args; $23 the response body after its id. `owner`
+    locks the property first (FOR UPDATE: no row, nothing is written); the record is then
+    upserted with the entry's id drawn from its sequence, and the entry, the totals and the
+    version move only if the record was won. Every such statement locks one property, then one
+    key, in that order, so two cannot deadlock. owned and claimed say why nothing was written.
+    """
+    record = idempotency.completed_pg(
+        "$2::bigint", 13, "ids", "convert_to('{\"id\":' || ids.id::text, 'UTF8') || $23::bytea"
+    )
+    return f"""
+WITH owner AS (
+    SELECT id FROM properties WHERE id = $1::bigint AND org_id = $2::bigint FOR UPDATE
+), ids AS (
+    SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id FROM owner
+), rec AS ({record}
+), bump AS (
+    UPDATE properties SET totals_version = totals_version + 1,
+        totals = jsonb_set(totals, ARRAY[$5::text], jsonb_build_array(
+            COALESCE((totals -> $5::text ->> 0)::bigint, 0) + $11::bigint,
+            COALESCE((totals -> $5::text ->> 1)::bigint, 0) + $12::bigint))
+    WHERE id = $1::bigint AND org_id = $2::bigint AND EXISTS (SELECT 1 FROM rec)
+    RETURNING id, totals_version, totals
+), entry AS (
+    INSERT INTO {table} (id, org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT ids.id, $2::bigint, bump.id, $3::text, $4::bigint, $5::text, $6::text,
+           $7::timestamptz, $8::text, $9::timestamptz, $10::bigint
+    FROM bump, ids
+    RETURNING id
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT id, $5::text, $11::bigint, $12::bigint FROM bump
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+)
+SELECT (SELECT count(*) FROM owner) AS owned, (SELECT count(*) FROM rec) AS claimed,
+       entry.id, bump.totals_version AS version, bump.totals::text AS totals
+FROM (SELECT 1) AS one LEFT JOIN entry ON true LEFT JOIN bump ON true
 """
 
 

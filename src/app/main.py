@@ -105,6 +105,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
             engine = storage.create_engine(settings.database_url)
             stack.push_async_callback(engine.dispose)
             await storage.migrate(engine)  # a no-op when the schema is current
+            if engine.dialect.name == "postgresql":
+                # The writes' single statements borrow these; given back before the dispose.
+                storage.open_driver_connections(engine)
+                stack.push_async_callback(storage.close_driver_connections, engine)
             app.state.db = engine
 
             async def database_ready() -> None:

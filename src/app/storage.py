@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
+import time
 import weakref
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -223,6 +226,128 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     return raw.driver_connection
 
 
+class DriverConnections:
+    """asyncpg connections lent for one statement at a time, without SQLAlchemy's checkout.
+
+    The hot writes are single statements run on asyncpg itself; checking a connection out of
+    SQLAlchemy's pool for each (AsyncConnection, greenlet, checkout and reset-on-return) cost
+    about as much CPU as the statement. Up to `size` connections are taken from that pool once
+    and kept; a statement borrows one from a free list. A connection the server closed or one
+    older than POOL_RECYCLE_S is handed back to SQLAlchemy's pool (which swaps a closed one
+    at its next checkout) and replaced; one whose statement raised is given back too, since a
+    cancelled statement can leave it mid-protocol. Opened by the app's lifespan and closed
+    before the engine is disposed; an engine without one is served by engine.connect().
+    """
+
+    def __init__(self, engine: AsyncEngine, size: int) -> None:
+        self.engine = engine
+        self.size = size
+        self._idle: list[tuple[AsyncConnection, Any, float]] = []
+        # A waiter gets a connection, or None: one was dropped, so it may open its own.
+        self._waiters: deque[asyncio.Future[tuple[AsyncConnection, Any, float] | None]] = deque()
+        self._open = 0
+        self._closed = False
+        self._late: set[asyncio.Future[None]] = set()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Any]:
+        """Borrow a driver connection for one statement (no transaction is left open on it)."""
+        held = await self._acquire()
+        try:
+            yield held[1]
+        except BaseException:
+            await self._drop(held)
+            raise
+        self._release(held)
+
+    async def _acquire(self) -> tuple[AsyncConnection, Any, float]:
+        while self._idle:
+            held = self._idle.pop()
+            if held[1].is_closed() or time.monotonic() - held[2] > POOL_RECYCLE_S:
+                await self._drop(held)
+                continue
+            return held
+        if self._open < self.size:
+            self._open += 1
+            try:
+                conn = await self.engine.connect()
+                return conn, await driver_connection(conn), time.monotonic()
+            except BaseException:
+                self._open -= 1
+                raise
+        waiter: asyncio.Future[tuple[AsyncConnection, Any, float] | None]
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        handed = await waiter
+        if handed is None or handed[1].is_closed():
+            if handed is not None:
+                await self._drop(handed)
+            return await self._acquire()
+        return handed
+
+    def _hand_over(self, held: tuple[AsyncConnection, Any, float] | None) -> bool:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(held)
+                return True
+        return False
+
+    def _release(self, held: tuple[AsyncConnection, Any, float]) -> None:
+        if self._closed:
+            self._open -= 1
+            task = asyncio.ensure_future(held[0].close())  # returned after close(): let go
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        elif not self._hand_over(held):
+            self._idle.append(held)
+
+    async def _drop(self, held: tuple[AsyncConnection, Any, float]) -> None:
+        self._open -= 1
+        try:
+            await held[0].close()  # back to SQLAlchemy's pool, which checks it at checkout
+        finally:
+            self._hand_over(None)
+
+    async def close(self) -> None:
+        """Give every idle connection back to SQLAlchemy's pool (before engine.dispose)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn, _, _ in idle:
+            self._open -= 1
+            await conn.close()
+
+
+_driver_connections: weakref.WeakKeyDictionary[AsyncEngine, DriverConnections] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def open_driver_connections(engine: AsyncEngine, size: int = 10) -> DriverConnections:
+    """Lend asyncpg connections of this engine to single statements (PostgreSQL only)."""
+    found = _driver_connections[engine] = DriverConnections(engine, size)
+    return found
+
+
+async def close_driver_connections(engine: AsyncEngine) -> None:
+    found = _driver_connections.pop(engine, None)
+    if found is not None:
+        await found.close()
+
+
+@asynccontextmanager
+async def single_statement(engine: AsyncEngine) -> AsyncIterator[Any]:
+    """An asyncpg connection for one autocommitted statement: lent if the app opened a
+    DriverConnections for the engine, else checked out of SQLAlchemy's pool."""
+    lender = _driver_connections.get(engine)
+    if lender is not None:
+        async with lender.connection() as db:
+            yield db
+        return
+    async with engine.connect() as conn:
+        yield await driver_connection(conn)
+
+
 # SQLite has one writer at a time. Writers that queue on an asyncio lock are served in order;
 # writers left to SQLite's busy handler poll with growing sleeps, which made p99 seconds long.
 _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.WeakKeyDictionary()
@@ -230,6 +355,8 @@ _sqlite_writers: weakref.WeakKeyDictionary[AsyncEngine, asyncio.Lock] = weakref.
 
 T = TypeVar("T")
 Job = Callable[[AsyncConnection], Awaitable[T]]
+# A job run on SQLite's own thread with the sqlite3 connection: no hop per statement.
+SyncJob = Callable[[sqlite3.Connection], T]
 
 
 class GroupCommit:
@@ -239,6 +366,11 @@ class GroupCommit:
     a lost idempotency race) is rolled back alone and gets its own exception; the others
     commit. A job's caller is answered only after the COMMIT that holds its rows (synchronous
     stays FULL). Writers arriving while a batch runs join it, up to MAX_BATCH.
+
+    A job is either async (run(job), statements through SQLAlchemy, one hop to the driver's
+    thread each) or sync (run_sync(job), plain sqlite3 calls): consecutive sync jobs run in
+    one hop to that thread, savepoints included, so a batch of them costs three hops in all
+    (BEGIN, the jobs, COMMIT) where each statement used to cost one.
     """
 
     MAX_BATCH = 64
@@ -246,15 +378,24 @@ class GroupCommit:
     def __init__(self, engine: AsyncEngine, lock: asyncio.Lock) -> None:
         self.engine = engine
         self.lock = lock
-        self._pending: list[tuple[Job[Any], asyncio.Future[Any]]] = []
+        self._pending: list[tuple[Job[Any] | SyncJob[Any], bool, asyncio.Future[Any]]] = []
         self._leader: asyncio.Task[None] | None = None
         self.commits = 0  # batches committed (tests and metrics read the sharing from it)
         self.jobs = 0
 
     async def run(self, job: Job[T]) -> T:
         """Run job(conn) in the next shared transaction; its result once that has committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append((job, future))
+        result: T = await self._enqueue(job, False)
+        return result
+
+    async def run_sync(self, job: SyncJob[T]) -> T:
+        """Run job(sqlite3 connection) on the driver's thread in the next shared transaction."""
+        result: T = await self._enqueue(job, True)
+        return result
+
+    async def _enqueue(self, job: Any, sync: bool) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, sync, future))
         if self._leader is None:
             self._leader = asyncio.create_task(self._lead())
         return await future
@@ -265,7 +406,7 @@ class GroupCommit:
                 async with self.lock:
                     await self._batch()
         except BaseException as exc:  # cancelled at shutdown: nobody is left waiting forever
-            for _, future in self._pending:
+            for _, _, future in self._pending:
                 _settle(future, False, exc)
             self._pending.clear()
             raise
@@ -274,26 +415,43 @@ class GroupCommit:
 
     async def _batch(self) -> None:
         done: list[tuple[asyncio.Future[Any], bool, Any]] = []
-        current: asyncio.Future[Any] | None = None
+        current: list[asyncio.Future[Any]] = []
         try:
             async with self.engine.connect() as conn:
                 # Explicit: the driver would otherwise start the transaction at the first
                 # INSERT, after the first SAVEPOINT, whose RELEASE would then commit alone.
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
                 while self._pending and len(done) < self.MAX_BATCH:
-                    job, current = self._pending.pop(0)
+                    if self._pending[0][1]:
+                        jobs: list[SyncJob[Any]] = []
+                        while (
+                            self._pending
+                            and self._pending[0][1]
+                            and len(done) + len(jobs) < self.MAX_BATCH
+                        ):
+                            job, _, future = self._pending.pop(0)
+                            jobs.append(job)  # type: ignore[arg-type]  # sync: flagged True
+                            current.append(future)
+                        outcomes = await _on_sqlite_thread(conn, _run_sync_jobs, jobs)
+                        done.extend(
+                            (f, ok, v) for f, (ok, v) in zip(current, outcomes, strict=True)
+                        )
+                        current = []
+                        continue
+                    job, _, future = self._pending.pop(0)
+                    current = [future]
                     # Never released: the batch's COMMIT releases them all, one statement
                     # (one hop to the driver's thread) less per job. ROLLBACK TO names the
                     # newest savepoint called "job", this job's own.
                     await conn.exec_driver_sql("SAVEPOINT job")
                     try:
-                        value = await job(conn)
+                        value = await job(conn)  # type: ignore[arg-type]
                     except Exception as exc:
                         await conn.exec_driver_sql("ROLLBACK TO job")
-                        done.append((current, False, exc))
+                        done.append((future, False, exc))
                     else:
-                        done.append((current, True, value))
-                    current = None
+                        done.append((future, True, value))
+                    current = []
                 try:
                     await conn.commit()
                 except Exception:
@@ -304,8 +462,8 @@ class GroupCommit:
         except BaseException as exc:
             # BEGIN, a savepoint or COMMIT failed: nothing of this batch is stored.
             failed = exc if isinstance(exc, Exception) else RuntimeError("write batch cancelled")
-            if current is not None:
-                _settle(current, False, failed)
+            for future in current:
+                _settle(future, False, failed)
             for future, ok, value in done:
                 _settle(future, False, failed if ok else value)
             if not isinstance(exc, Exception):
@@ -315,6 +473,28 @@ class GroupCommit:
         self.jobs += len(done)
         for future, ok, value in done:
             _settle(future, ok, value)
+
+
+def _run_sync_jobs(db: sqlite3.Connection, jobs: list[SyncJob[Any]]) -> list[tuple[bool, Any]]:
+    """On the driver's thread: each job in a savepoint of its own, rolled back if it raises."""
+    outcomes: list[tuple[bool, Any]] = []
+    for job in jobs:
+        db.execute("SAVEPOINT job")
+        try:
+            outcomes.append((True, job(db)))
+        except Exception as exc:
+            db.execute("ROLLBACK TO job")
+            outcomes.append((False, exc))
+    return outcomes
+
+
+async def _on_sqlite_thread(conn: AsyncConnection, fn: Callable[..., T], *args: Any) -> T:
+    """Call fn(sqlite3 connection, *args) on aiosqlite's thread, in one hop."""
+    aio = await driver_connection(conn)
+    # aiosqlite runs every call of a connection on that connection's one thread, in order;
+    # _execute is how its own methods get there (there is no public spelling).
+    result: T = await aio._execute(fn, aio._conn, *args)
+    return result
 
 
 def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

@@ -253,3 +253,38 @@ def test_a_websocket_with_a_removed_users_token_is_refused(sqlite_api: Any) -> N
         pass
     assert refused.value.status_code == 403
     assert refused.value.json()["error"]["code"] == "invalid_token"
+
+
+def test_a_verified_token_is_remembered_until_it_expires_and_then_refused() -> None:
+    from app.auth import Principal
+
+    tokens = Tokens(SECRET, 1)
+    token = tokens.issue(Principal(7, 3, "a@b.c"))
+    expires = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert tokens.verify_token(token) == Principal(7, 3, "a@b.c")
+    assert token in tokens._verified  # the next request skips the HMAC and the decoding
+    assert tokens.verify_token(token) == Principal(7, 3, "a@b.c")
+    deadline = time.monotonic() + 5
+    while time.time() < expires:  # the remembered token reaches its exp
+        assert time.monotonic() < deadline, "the token's exp never came"
+        time.sleep(0.05)
+    with pytest.raises(InvalidToken, match="expired"):
+        tokens.verify_token(token)
+    assert token not in tokens._verified
+
+
+def test_only_valid_tokens_are_remembered_and_the_memory_is_bounded() -> None:
+    from app.auth import Principal
+
+    tokens = Tokens(SECRET, 60)
+    with pytest.raises(InvalidToken):
+        tokens.verify_token(
+            jwt.encode(claims(), "another secret, as long as a key" * 2, algorithm="HS256")
+        )
+    assert not tokens._verified
+    tokens.VERIFIED_MAX = 3
+    issued = [tokens.issue(Principal(i, 1, f"u{i}@b.c")) for i in range(1, 6)]
+    for token in issued:
+        tokens.verify_token(token)
+    assert list(tokens._verified) == issued[2:]  # least recently used first out
+    assert tokens.verify_token(issued[0]) == Principal(1, 1, "u1@b.c")  # verified afresh

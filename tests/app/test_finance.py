@@ -14,6 +14,7 @@ import pytest
 from app_support import SEED_EXPENSE, Api, Tenant, expense, revenue
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import select
 
 from app.errors import InvalidCursor
 from app.events import Event
@@ -186,6 +187,81 @@ def test_a_failing_write_among_concurrent_ones_fails_alone(database_url: str) ->
         {"currency": "INR", "expensesCents": 77, "revenuesCents": 0},
         {"currency": "USD", "expensesCents": 0, "revenuesCents": 3},
     ]
+
+
+@pytest.mark.postgres
+def test_queued_writes_of_one_property_share_a_statement_and_keep_exact_snapshots(
+    pg_database: str,
+) -> None:
+    """PostgreSQL: writers queued behind one in flight go as one statement; every version's
+    snapshot is still exactly the writes before it, a currency first seen mid-batch included."""
+    from app import accounts, storage
+    from app.auth import Principal
+    from app.finance import EXPENSES, ExpenseIn, _combiner
+
+    published: list[Event] = []
+
+    class Bus:
+        def publish(self, event: Event) -> None:
+            published.append(event)
+
+        def publish_many(self, events: Any) -> None:
+            published.extend(events)
+
+    amounts = [(i % 3 + 1, "USD" if i % 4 == 3 else "INR") for i in range(40)]
+
+    async def run() -> tuple[list[Any], int, int, Any]:
+        engine = storage.create_engine(pg_database)
+        try:
+            await storage.migrate(engine)
+            async with engine.begin() as conn:
+                org = await accounts.create_org(conn, "Batch")
+                user = await accounts.create_user(conn, org, "b@example.com", "pw-long-enough")
+                prop = await accounts.create_property(conn, org, "Main")
+            who = Principal(user, org, "b@example.com")
+            bodies = [
+                ExpenseIn.model_validate(
+                    {**SEED_EXPENSE, "propertyId": prop, "amountCents": a, "currency": c}
+                )
+                for a, c in amounts
+            ]
+            results = await asyncio.gather(
+                *(EXPENSES.create(engine, Bus(), who, b) for b in bodies)
+            )
+            combiner = _combiner(engine)
+            async with engine.connect() as conn:
+                ids = (
+                    (
+                        await conn.execute(
+                            select(storage.expenses.c.id).where(
+                                storage.expenses.c.property_id == prop
+                            )
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
+            return results, combiner.statements, combiner.writes, sorted(ids)
+        finally:
+            await engine.dispose()
+
+    results, statements, writes, ids = asyncio.run(run())
+    assert writes == 40 and statements < 40  # several writers per statement
+    assert sorted(r[0]["id"] for r in results) == ids  # each got its own entry's id
+    by_version = {r[1].version: i for i, r in enumerate(results)}
+    assert sorted(by_version) == list(range(1, 41))
+    states = {
+        d["version"]: d["totals"]
+        for d in (orjson.loads(e.payload)["data"] for e in published if e.conflatable)
+    }
+    running: dict[str, int] = {}
+    for version in range(1, 41):  # replay the writes in version order: each snapshot is exact
+        amount, currency = amounts[by_version[version]]
+        running[currency] = running.get(currency, 0) + amount
+        assert states[version] == [
+            {"currency": c, "expensesCents": running[c], "revenuesCents": 0}
+            for c in sorted(running)
+        ], version
 
 
 def test_create_revenue(api: Api) -> None:

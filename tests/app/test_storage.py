@@ -188,6 +188,59 @@ async def test_a_connection_the_server_closed_is_replaced_at_checkout(pg_databas
         await admin.dispose()
 
 
+@pytest.mark.postgres
+async def test_lent_driver_connections_are_bounded_and_a_closed_one_is_replaced(
+    pg_database: str,
+) -> None:
+    """The single statements' lender keeps at most its size open, and never lends a dead one."""
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = storage.create_engine(pg_database)
+    admin = create_async_engine(pg_database, isolation_level="AUTOCOMMIT")
+    lender = storage.open_driver_connections(engine, size=2)
+    try:
+        active = 0
+        most = 0
+
+        async def statement() -> int:
+            nonlocal active, most
+            async with storage.single_statement(engine) as db:
+                active += 1
+                most = max(most, active)
+                pid = int(await db.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.01)"))
+                active -= 1
+                return pid
+
+        pids = await asyncio.gather(*(statement() for _ in range(12)))
+        assert most == 2 and len(set(pids)) == 2
+        assert engine.sync_engine.pool.checkedout() == 2  # kept, not checked out per statement
+
+        async with storage.single_statement(engine) as db:
+            victim = int(await db.fetchval("SELECT pg_backend_pid()"))
+            lent = db
+        async with admin.connect() as conn:
+            await conn.exec_driver_sql(f"SELECT pg_terminate_backend({victim})")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not lent.is_closed():
+            assert asyncio.get_running_loop().time() < deadline, "asyncpg never saw the close"
+            await asyncio.sleep(0.01)
+        assert victim not in await asyncio.gather(*(statement() for _ in range(4)))
+
+        async def fails() -> None:
+            async with storage.single_statement(engine) as db:
+                await db.fetchval("SELECT 1 / 0")
+
+        with pytest.raises(Exception, match="division by zero"):
+            await fails()
+        assert await statement() > 0  # the failed statement's connection was given back
+        await storage.close_driver_connections(engine)
+        assert lender._open == 0 and engine.sync_engine.pool.checkedout() == 0
+    finally:
+        await storage.close_driver_connections(engine)
+        await engine.dispose()
+        await admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def fresh_database_url(request: pytest.FixtureRequest, sqlite_url: str) -> Iterator[str]:
     """An empty database, not even migrated (the session's PostgreSQL one is at head)."""
