@@ -152,3 +152,19 @@ def test_serve_on_a_port_in_use_exits_at_once_with_a_message(tmp_path: Path) -> 
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "var" / "streamcore.db").exists()  # nothing started before the bind
     assert took < 30  # an interpreter start, not a 20 s wait
+
+
+def test_the_console_script_is_the_same_program_as_python_m_app() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("streamcore")
+    assert script.is_file(), "pip install -e . installs the `streamcore` console script"
+    via_script = subprocess.run(
+        [str(script), "settings-table"], capture_output=True, text=True, check=True
+    ).stdout
+    via_module = subprocess.run(
+        [sys.executable, "-m", "app", "settings-table"], capture_output=True, text=True, check=True
+    ).stdout
+    assert via_script == via_module and "REALTIME_HISTORY_EVENTS" in via_script
