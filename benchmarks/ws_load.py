@@ -164,12 +164,12 @@ def serve_streamcore(port: int, args: argparse.Namespace) -> None:
 
     def status() -> None:
         # What the orchestrator cannot see from outside: the history held, the windows chosen.
-        hub = app.state.hub
+        hub, broker = app.state.hub, app.state.broker
         windows = [hub.scheduler.window_ms(ch.sched_id) for ch in hub._channels.values()]
         Path(args.status).write_text(
             json.dumps(
                 {
-                    "history_bytes": hub.history_bytes(),
+                    "history_bytes": broker.history_bytes(),
                     "window_ms": sum(windows) / len(windows) if windows else 0.0,
                 }
             )

@@ -14,6 +14,7 @@ implementations and their tests read one format.
 from __future__ import annotations
 
 import secrets
+import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -136,7 +137,10 @@ class _OrgLog:
 
     def __init__(self) -> None:
         self.top = 0
-        self.batches: deque[Batch] = deque()
+        # (first position, events, the batch in its wire form). Encoded, not the Event objects:
+        # a payload from orjson keeps a 4 KB allocation whatever its length (measured: 10,000
+        # events of 32 bytes held 39 MB), and the history keeps thousands per org.
+        self.batches: deque[tuple[int, int, bytes]] = deque()
         self.events = 0  # events the batches hold
         self.touched = 0.0
 
@@ -182,10 +186,10 @@ class LocalBroker:
         log.touched = now
         batch = Batch(log.top + 1, events)
         log.top += len(events)
-        log.batches.append(batch)
+        log.batches.append((batch.first, len(events), encode_events(events)))
         log.events += len(events)
-        while log.events - len(log.batches[0].events) >= self._history_events:
-            log.events -= len(log.batches.popleft().events)
+        while log.events - log.batches[0][1] >= self._history_events:
+            log.events -= log.batches.popleft()[1]
         self._sink.on_batch(org_id, self.epoch, batch)
 
     async def join(self, org_id: int) -> Position:
@@ -201,8 +205,20 @@ class LocalBroker:
         if log.batches and self.clock() - log.touched > self._history_age_s:
             log.batches.clear()
             log.events = 0
-        batches = [b for b in log.batches if b.last > after]
+        batches = [
+            decode_batch(org_id, body, first)
+            for first, n, body in log.batches
+            if first + n - 1 > after
+        ]
         return History(self.epoch, log.top, batches)
+
+    def history_bytes(self) -> int:
+        """Bytes the resume history holds: each kept batch and its tuple."""
+        total = 0
+        for log in self._logs.values():
+            total += sys.getsizeof(log.batches)
+            total += sum(sys.getsizeof(b) + sys.getsizeof(b[2]) for b in log.batches)
+        return total
 
     async def start(self) -> None:
         """Nothing to connect to."""
