@@ -76,6 +76,15 @@ def _token(ws: WebSocket) -> tuple[str | None, str | None]:
 
 
 def _principal(ws: WebSocket, token: str | None) -> Principal:
+    # The authentication middleware verified the token once for this connection; an app
+    # assembled without it (a test's) verifies here.
+    state = ws.scope.get("state", {})
+    if "auth" in state and token:
+        outcome = state["auth"]
+        if isinstance(outcome, Principal):
+            return outcome
+        if isinstance(outcome, ApiError):
+            raise Refusal(403, "invalid_token", outcome.message)
     if not token:
         raise Refusal(
             403,

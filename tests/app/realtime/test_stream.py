@@ -284,3 +284,33 @@ async def test_only_watched_orgs_have_channels_and_they_go_with_their_last_subsc
         return srv.hub.channel((watcher["org"], None)) is None
 
     await eventually_async(dropped, "the channel to go with its last subscriber")
+
+
+@pytest.mark.parametrize("where", ["header", "subprotocol", "query"])
+async def test_a_stream_token_is_verified_once_however_it_arrives(srv: Any, where: str) -> None:
+    from websockets.asyncio.client import connect
+
+    t = await srv.tenant()
+    tokens = srv.app.state.tokens
+    calls: list[str] = []
+    verify = tokens.verify_token
+
+    def counted(token: str) -> Any:
+        calls.append(token)
+        return verify(token)
+
+    tokens.verify_token = counted
+    try:
+        kwargs: dict[str, Any] = {"compression": None}
+        url = srv.ws
+        if where == "header":
+            kwargs["additional_headers"] = {"Authorization": f"Bearer {t['token']}"}
+        elif where == "subprotocol":
+            kwargs["subprotocols"] = ["streamcore.v2", f"bearer.{t['token']}"]
+        else:
+            url = f"{srv.ws}?access_token={t['token']}"
+        async with await connect(url, **kwargs) as ws:
+            await hello(ws)
+        assert calls == [t["token"]]  # the middleware's one verification serves the endpoint
+    finally:
+        tokens.verify_token = verify
