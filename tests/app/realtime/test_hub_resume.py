@@ -133,7 +133,7 @@ async def test_a_client_ahead_of_this_instance_continues_exactly_after_its_posit
         upstream.append(fact(n))  # 4..7 are in the history; this instance has not taken them
     # The client saw up to 5 elsewhere. The resume waits for this instance to get there.
     task = asyncio.create_task(resume(hub, 5))
-    await asyncio.sleep(0)
+    await eventually_async(lambda: _waiting(hub), "the resume to wait for this instance")
     upstream.deliver()  # 4..7 arrive here in one window that straddles the client's position
     client = await task
     upstream.append(fact(8))
@@ -151,7 +151,7 @@ async def test_a_missed_range_without_the_channels_events_leaves_no_hole() -> No
     hub, upstream, _ = await setup(props)
     upstream.append(fact(1, prop=2))
     upstream.deliver()
-    await asyncio.sleep(0.02)  # nothing to order: the watcher's window simply closes
+    await eventually_async(lambda: _flushed(hub), "the watcher's window to close")
     for n in range(2, 6):
         upstream.append(fact(n, prop=3))  # another property's: this channel selects none
     upstream.deliver()
@@ -209,3 +209,12 @@ async def _has(client: Client, facts: list[int]) -> bool:
 
 async def _resets(client: Client) -> bool:
     return any(m["type"] == "reset" for m in client.controls())
+
+
+async def _waiting(hub: Hub) -> bool:
+    return bool(hub._flushed)  # a resume waits for this channel's next flush
+
+
+async def _flushed(hub: Hub) -> bool:
+    ch = hub.channel((1, frozenset({2})))
+    return ch is not None and not ch.pending() and ch.seq == ch.org.position

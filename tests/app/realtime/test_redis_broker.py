@@ -6,7 +6,6 @@ Two brokers in one process stand for two instances; their sinks record what the 
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -108,9 +107,10 @@ async def test_an_instance_receives_only_the_orgs_it_has_subscribers_for(shared:
     assert b.orgs_subscribed == 1
     b.leave(1)  # the last subscriber left: unsubscribed after the grace period
     await eventually_async(lambda: _equal(b.orgs_subscribed, 0), "the grace period to pass")
+    await b.join(3)  # a marker org: its event comes after org 1's on the same connection
     await a.publish_now([fact(1, 100)])
-    await a.publish_now([fact(2, 100)])
-    await asyncio.sleep(0)  # nothing to wait for: b must not receive it, now or later
+    await a.publish_now([fact(3, 0)])
+    await eventually_async(lambda: _equal(len(on_b.facts(3)), 1), "the marker org's event")
     history = await a.history(1, 0)
     assert history.top == 3  # published, and b, unsubscribed, took none of it
     assert len(on_b.facts(1)) == 2
