@@ -10,6 +10,7 @@ import jwt
 import pytest
 from app_support import PASSWORD, SEED_EXPENSE, Api
 from sqlalchemy import select
+from waiting import eventually
 
 from app.auth import Tokens, load_or_create_secret, verify_password
 from app.errors import InvalidToken
@@ -264,10 +265,7 @@ def test_a_verified_token_is_remembered_until_it_expires_and_then_refused() -> N
     assert tokens.verify_token(token) == Principal(7, 3, "a@b.c")
     assert token in tokens._verified  # the next request skips the HMAC and the decoding
     assert tokens.verify_token(token) == Principal(7, 3, "a@b.c")
-    deadline = time.monotonic() + 5
-    while time.time() < expires:  # the remembered token reaches its exp
-        assert time.monotonic() < deadline, "the token's exp never came"
-        time.sleep(0.05)
+    eventually(lambda: time.time() >= expires, "the remembered token to reach its exp", 5)
     with pytest.raises(InvalidToken, match="expired"):
         tokens.verify_token(token)
     assert token not in tokens._verified

@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
+from waiting import eventually_async
 
 from app import storage
 
@@ -174,10 +175,7 @@ async def test_a_connection_the_server_closed_is_replaced_at_checkout(pg_databas
         # The claim is about a connection asyncpg has seen closed. Between the backend's exit
         # and the event loop reading its FATAL message and EOF, asyncpg is mid-error and not
         # yet closed; polling pg_stat_activity alone let the checkout land in that gap.
-        deadline = asyncio.get_running_loop().time() + 10
-        while not pooled.is_closed():
-            assert asyncio.get_running_loop().time() < deadline, "asyncpg never saw the close"
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: _closed(pooled), "asyncpg to see the close")
         async with engine.connect() as conn:  # the hot path's checkout, through asyncpg itself
             db = await storage.driver_connection(conn)
             pid = await db.fetchval("SELECT pg_backend_pid()")
@@ -220,10 +218,7 @@ async def test_lent_driver_connections_are_bounded_and_a_closed_one_is_replaced(
             lent = db
         async with admin.connect() as conn:
             await conn.exec_driver_sql(f"SELECT pg_terminate_backend({victim})")
-        deadline = asyncio.get_running_loop().time() + 10
-        while not lent.is_closed():
-            assert asyncio.get_running_loop().time() < deadline, "asyncpg never saw the close"
-            await asyncio.sleep(0.01)
+        await eventually_async(lambda: _closed(lent), "asyncpg to see the close")
         assert victim not in await asyncio.gather(*(statement() for _ in range(4)))
 
         async def fails() -> None:
@@ -304,3 +299,7 @@ def test_migration_0004_copies_the_running_totals_onto_their_property(
 
     rows = asyncio.run(run())
     assert [tuple(r) for r in rows] == [(1, {"INR": [500, 20], "USD": [0, 7]}), (2, {})]
+
+
+async def _closed(driver_connection: Any) -> bool:
+    return bool(driver_connection.is_closed())
