@@ -11,14 +11,14 @@ BUILT  := $(VENV)/.built
 .PHONY: serve test bench build watch lint typecheck clean fuzz
 
 serve: $(BUILT)
-	$(PY) -m app serve
+	$(PY) -m streamcore_server serve
 
 test: $(BUILT)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Log in as the demo user and print the org's stream as it arrives (run beside `make serve`).
 watch: $(BUILT)
-	$(PY) -m app watch $(WATCH_ARGS)
+	$(PY) -m streamcore_server watch $(WATCH_ARGS)
 
 bench: $(BUILT)
 	$(PY) -m benchmarks.run $(BENCH_ARGS)

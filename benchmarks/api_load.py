@@ -5,7 +5,8 @@ Servers, each a uvicorn process of its own, stopped by its pid:
 - echo: Starlette parsing and echoing the JSON body (the framework's floor);
 - minimal insert: Starlette inserting the expense row in one statement and answering it (asyncpg
   on PostgreSQL, aiosqlite on SQLite; no auth, events, totals or logs) - the write path's floor;
-- the app (`python -m app serve`) on the same database, at the default log level (the access log
+- the app (`python -m streamcore_server serve`) on the same database, at the default log level (the
+access log
   is written, to /dev/null).
 
 The load generator is `wrk` (Debian's package) with a Lua script: a compiled client costs a few
@@ -325,7 +326,7 @@ class Postgres:
 
 def prepare_database(url: str) -> list[int]:
     """Migrate, seed the demo org, add properties for the spread scenarios; their ids."""
-    from app import accounts, storage
+    from streamcore_server import accounts, storage
 
     async def run() -> list[int]:
         engine = storage.create_engine(url)
@@ -529,7 +530,7 @@ def run_backend(
         )
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    argv = [sys.executable, "-m", "app", "serve"]
+    argv = [sys.executable, "-m", "streamcore_server", "serve"]
     with server(argv, app_env(work, port, database_url), f"{base}/healthz", work) as pid:
         token = login(base)
         path = "/v1/finance/expenses"

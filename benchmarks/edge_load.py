@@ -1,6 +1,7 @@
 """The finance reads through a real Varnish edge against the same reads sent to the app directly.
 
-One `python -m app serve` (embedded SQLite, EDGE_PROVIDER=varnish) behind one varnishd running
+One `python -m streamcore_server serve` (embedded SQLite, EDGE_PROVIDER=varnish) behind one varnishd
+running
 deploy/varnish/streamcore.vcl. The same open-loop load runs straight at the app (the baseline),
 then at the edge, then at the edge again with a server that sends each purge once
 (EDGE_PURGE_REPEAT_S=0): `--rate` requests/s for `--seconds`, in the seed's SLO-load mix
@@ -282,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         try:
             ws_load.wait_port(edge_port, cache, "varnishd")
-            argv = [sys.executable, "-m", "app", "serve"]
+            argv = [sys.executable, "-m", "streamcore_server", "serve"]
             phases: list[Phase] = []
             purges: list[dict[str, int]] = []
             # The third phase's server sends each purge only once: what the repeat costs in

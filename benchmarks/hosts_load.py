@@ -1,7 +1,9 @@
 """Realtime across three hosts (network namespaces) against one instance alone, in one run.
 
-Three hosts as in tests/app/hosts.py: network namespaces on a bridge of this run's own, one
-`python -m app serve` in each (HOST=<its address>, PORT=4000), a private redis-server and a
+Three hosts as in tests/streamcore_server/hosts.py: network namespaces on a bridge of this run's
+own, one
+`python -m streamcore_server serve` in each (HOST=<its address>, PORT=4000), a private redis-server
+and a
 private PostgreSQL on the bridge address. This process stays in the root namespace and is the
 clients and the publisher. Without root it falls back to servers on loopback ports and says so.
 
@@ -53,7 +55,7 @@ from typing import Any
 
 from benchmarks.ws_load import ROOT, SECRET, cpu_s, pct, raise_nofile, token_for
 
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "app")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "streamcore_server")]
 from hosts import SERVER_PORT, Backing, Network  # noqa: E402
 from processes import ServeProcess, server_env  # noqa: E402
 
@@ -176,7 +178,7 @@ async def seed(database_url: str, orgs: int) -> None:
     """Orgs and users 1..orgs (user id = org id), the ids benchmarks.ws_load's tokens name."""
     from sqlalchemy.dialects.postgresql import insert
 
-    from app import storage
+    from streamcore_server import storage
 
     engine = storage.create_engine(database_url)
     try:
@@ -569,8 +571,8 @@ def direct_publisher(redis_url: str) -> Any:
     that code is not there: the run then publishes through a host's endpoint instead.
     """
     try:
-        from app.realtime.redis_broker import RedisBroker
-        from app.settings import Settings
+        from streamcore_server.realtime.redis_broker import RedisBroker
+        from streamcore_server.settings import Settings
     except ImportError:
         return None
     d = Settings()  # the servers run with the defaults of these
@@ -587,7 +589,7 @@ def event_for(org: int, n: int) -> Any:
     """A fact for `org`, encoded as the publish endpoint encodes one."""
     import orjson
 
-    from app.events import Event
+    from streamcore_server.events import Event
 
     body = {"type": "t", "orgId": org, "conflatable": False, "data": {"n": n, "ts": time.time()}}
     return Event(org, None, False, orjson.dumps(body))

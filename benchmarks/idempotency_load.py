@@ -1,6 +1,7 @@
 """Latency the Idempotency-Key layer adds to a POST, per store, vs the same POST without one.
 
-Starts `python -m app serve` once per store (embedded: the app's SQLite database; Redis: the
+Starts `python -m streamcore_server serve` once per store (embedded: the app's SQLite database;
+Redis: the
 server at --redis-url, under a key prefix of this run's own, removed afterwards) and, in the same
 server, interleaves three requests per round so drift hits all of them alike:
   no key      POST /v1/finance/expenses without Idempotency-Key (the baseline)
@@ -119,7 +120,12 @@ async def run(args: argparse.Namespace) -> list[Row]:
             if store == "redis":
                 env |= {"REDIS_URL": args.redis_url, "IDEMPOTENCY_REDIS_PREFIX": prefix}
             try:
-                with server([sys.executable, "-m", "app", "serve"], env, f"{base}/healthz", work):
+                with server(
+                    [sys.executable, "-m", "streamcore_server", "serve"],
+                    env,
+                    f"{base}/healthz",
+                    work,
+                ):
                     lat = await measure(base, args.rounds, args.concurrency, args.max_seconds)
                 results.extend(rows_for(store, lat))
             finally:

@@ -1,7 +1,8 @@
 """List reads with and without a streaming standby: how much of the primary's CPU it takes off.
 
 Makes a private PostgreSQL primary and one hot standby on loopback (tests/pg_cluster.py), fills
-a property with expenses, and runs `python -m app serve` twice on the primary: alone, and with
+a property with expenses, and runs `python -m streamcore_server serve` twice on the primary: alone,
+and with
 DATABASE_REPLICA_URL naming the standby. Each drives GET /v1/finance/expenses (a page of 50)
 from a concurrent httpx2 client, bounded in requests and in time, reads only and then with the
 reader writing every 20th request (its next reads must see the write: read-your-writes). The
@@ -140,7 +141,7 @@ async def run(requests: int, concurrency: int, max_s: float) -> list[Row]:
                 }
                 if with_standby:
                     env["DATABASE_REPLICA_URL"] = cluster.standbys[0].url()
-                argv = [sys.executable, "-m", "app", "serve"]
+                argv = [sys.executable, "-m", "streamcore_server", "serve"]
                 with server(argv, env, f"{base}/healthz", work):
                     login = httpx2.post(
                         f"{base}/auth/login",

@@ -70,7 +70,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from app.realtime.hub import SWEEP_CHUNK
 from benchmarks.ws_load import (
     ENV,
     ROOT,
@@ -83,6 +82,7 @@ from benchmarks.ws_load import (
     stop,
     wait_port,
 )
+from streamcore_server.realtime.hub import SWEEP_CHUNK
 
 FLAT_TARGET = 1.2  # last step over the baselines: CPU/s and flush CPU/s
 PRIME_CHUNK = 2000  # events between yields to the loop while priming
@@ -187,7 +187,7 @@ class Simulation:
     def __init__(self, app: Any, args: argparse.Namespace) -> None:
         import orjson
 
-        from app.events import Event
+        from streamcore_server.events import Event
 
         self.app, self.args = app, args
         self.hub = app.state.hub
@@ -344,8 +344,8 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
     import uvloop
 
-    from app.main import create_app
-    from app.settings import Settings
+    from streamcore_server.main import create_app
+    from streamcore_server.settings import Settings
 
     replies = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # anything else printed goes to stderr, not into the reply stream
@@ -367,7 +367,7 @@ def serve(args: argparse.Namespace) -> None:
             app,
             host="127.0.0.1",
             port=args.port,
-            ws="app.realtime.ws_protocol:StreamWebSocketProtocol",
+            ws="streamcore_server.realtime.ws_protocol:StreamWebSocketProtocol",
             ws_per_message_deflate=False,
             ws_ping_interval=None,  # the counting clients never answer a ping
             log_level="warning",

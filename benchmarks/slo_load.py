@@ -1,4 +1,6 @@
-"""Measure the seed's SLO table against one `python -m app serve` under a mixed, open-loop load.
+"""Measure the seed's SLO table against one served app under a mixed, open-loop load.
+
+The server is `python -m streamcore_server serve`.
 
 One server process (embedded SQLite in a fresh data dir; `--redis URL` adds REDIS_URL with key
 prefixes of this run's own) receives, for `--seconds` after a short warm-up, all at once:
@@ -47,8 +49,8 @@ from typing import Any
 
 import httpx2
 
-from app.metrics.slo import SLOS
 from benchmarks import api_load, ws_load
+from streamcore_server.metrics.slo import SLOS
 
 CLIENT_PROCS = 2
 BATCH = 100  # events per publish request
@@ -441,7 +443,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         }
         log = Path(work) / "server.log"
         # `exec` keeps the server's pid the one api_load.server() stops; stderr is its log.
-        argv = ["/bin/sh", "-c", 'exec "$0" -m app serve 2>"$1"', sys.executable, str(log)]
+        argv = [
+            "/bin/sh",
+            "-c",
+            'exec "$0" -m streamcore_server serve 2>"$1"',
+            sys.executable,
+            str(log),
+        ]
         subscribers: ws_load.Clients | None = None
         try:
             with api_load.server(argv, env, f"{base}/readyz", work) as proc:

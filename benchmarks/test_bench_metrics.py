@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from app.metrics import aggregate, exposition
-from app.metrics.registry import Registry
-from app.metrics.slo import LATENCY_EDGES
-from app.middleware.metrics import MetricsMiddleware
 from streamcore import Histogram
+from streamcore_server.metrics import aggregate, exposition
+from streamcore_server.metrics.registry import Registry
+from streamcore_server.metrics.slo import LATENCY_EDGES
+from streamcore_server.middleware.metrics import MetricsMiddleware
 
 REQUESTS = 2_000  # per round
 ROUTES = 100

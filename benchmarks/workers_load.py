@@ -1,6 +1,7 @@
 """Load the multi-process realtime path: one worker, one worker through Redis, two workers.
 
-The same realtime load, in one run, through three set-ups, each a real `python -m app serve`
+The same realtime load, in one run, through three set-ups, each a real `python -m streamcore_server
+serve`
 (its own SQLite file and DATA_DIR in a temp dir, a fixed JWT_SECRET, connection caps raised,
 LOG_LEVEL=warning, Redis keys under a prefix of this run's own):
 
@@ -225,7 +226,8 @@ def sockets(pid: int) -> int:
 
 
 class Server:
-    """`python -m app serve [--workers N]` on a free port, in a temp dir of its own."""
+    """`python -m streamcore_server serve [--workers N]` on a free port, in a temp dir of its
+    own."""
 
     def __init__(self, name: str, workers: int, redis_url: str | None, window_ms: float) -> None:
         self.name = name
@@ -256,7 +258,7 @@ class Server:
         self.log_path = self.dir / "server.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in close()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app", "serve", "--workers", str(workers)],
+            [sys.executable, "-m", "streamcore_server", "serve", "--workers", str(workers)],
             cwd=self.dir,
             env=env,
             stdout=self._log,

@@ -105,7 +105,7 @@ def seed_bench_users(database_url: str, orgs: Any) -> None:
     Authentication refuses a signed token whose user does not exist, so the tokens token_for
     mints need these rows. Rows already there (a demo org 1) are left as they are.
     """
-    from app import storage
+    from streamcore_server import storage
 
     ids = sorted(set(int(o) for o in orgs))
 
@@ -141,9 +141,9 @@ def seed_bench_users(database_url: str, orgs: Any) -> None:
 def serve_streamcore(port: int, args: argparse.Namespace) -> None:
 
     sys.path.insert(0, str(ROOT / "src"))
-    from app.events import Event
-    from app.main import create_app
-    from app.settings import Settings
+    from streamcore_server.events import Event
+    from streamcore_server.main import create_app
+    from streamcore_server.settings import Settings
 
     tmp = tempfile.mkdtemp(prefix="ws_load_")
     settings = Settings(
@@ -176,7 +176,9 @@ def serve_streamcore(port: int, args: argparse.Namespace) -> None:
         )
 
     signal.signal(signal.SIGUSR2, lambda *_: status())
-    run_uvicorn(app, port, args, emit, ws="app.realtime.ws_protocol:StreamWebSocketProtocol")
+    run_uvicorn(
+        app, port, args, emit, ws="streamcore_server.realtime.ws_protocol:StreamWebSocketProtocol"
+    )
 
 
 def serve_python(port: int, args: argparse.Namespace, naive: bool) -> None:

@@ -10,7 +10,7 @@ import atheris
 HERE = Path(__file__).resolve().parent
 
 # Coverage feedback from our parsers only; instrumenting SQLAlchemy and pydantic costs minutes.
-with atheris.instrument_imports(include=["app", "streamcore", "fuzz"]):
+with atheris.instrument_imports(include=["streamcore_server", "streamcore", "fuzz"]):
     from fuzz.seeds import seeds
     from fuzz.targets import TARGETS
 

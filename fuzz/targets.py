@@ -13,14 +13,14 @@ import orjson
 from pydantic import ValidationError
 from starlette.requests import Request
 
-from app import idempotency
-from app.auth import LoginRequest
-from app.errors import ApiError
-from app.finance import ExpenseIn, ListQuery, SummaryQuery
-from app.realtime.endpoint import PublishRequest
 from streamcore import Histogram
 from streamcore.errors import StreamcoreError
 from streamcore.protocol import decode_frame
+from streamcore_server import idempotency
+from streamcore_server.auth import LoginRequest
+from streamcore_server.errors import ApiError
+from streamcore_server.finance import ExpenseIn, ListQuery, SummaryQuery
+from streamcore_server.realtime.endpoint import PublishRequest
 
 LIMITS = {"max_amount_cents": 100_000_000_000, "page_size_max": 200}
 
@@ -54,7 +54,7 @@ def idempotency_key(data: bytes) -> None:
 
 
 def query(data: bytes) -> None:
-    from app.validation import read_query
+    from streamcore_server.validation import read_query
 
     scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": data}
     request = Request(scope)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import streamcore
-from app import dashboard
+from streamcore_server import dashboard
 
 pytestmark = pytest.mark.slow
 

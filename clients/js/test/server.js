@@ -1,4 +1,4 @@
-// A real `python -m app serve` for the tests: its own SQLite database and data dir, a free
+// A real `python -m streamcore_server serve` for the tests: its own SQLite database and data dir, a free
 // loopback port, ready once /readyz answers; stopped by its pid.
 import { spawn } from "node:child_process";
 import { mkdtempSync, openSync, readFileSync, rmSync } from "node:fs";
@@ -49,7 +49,7 @@ export class Server {
     this.ws = `ws://127.0.0.1:${this.port}/v2/realtime/stream`;
     this.logPath = path.join(this.dir, "serve.log");
     const log = openSync(this.logPath, "w");
-    this.proc = spawn(python, ["-m", "app", "serve"], {
+    this.proc = spawn(python, ["-m", "streamcore_server", "serve"], {
       cwd: this.dir,
       env: {
         ...process.env,
