@@ -1,5 +1,7 @@
 """Conflation: compiled Conflator/IntConflator against the plain dict loop, in one run."""
 
+import operator
+
 import numpy as np
 import pytest
 
@@ -59,6 +61,18 @@ def _push_one_by_one(conflator, keys, payloads):
     return run
 
 
+def _empty_calls(keys, payloads):
+    """The same loop calling a two-argument C function that does nothing: a per-event floor."""
+
+    def run():
+        call = operator.is_  # METH_FASTCALL, as Cython's methods are: no work but the call
+        for key, payload in zip(keys, payloads, strict=True):
+            call(key, payload)
+        return None
+
+    return run
+
+
 def _push_many(conflator, keys, payloads):
     def run():
         conflator.push_many(keys, payloads)
@@ -82,6 +96,15 @@ def test_push_str_dict_loop(benchmark):
     benchmark.extra_info["items"] = PUSH_EVENTS
     out = benchmark(_dict_loop(keys, payloads))
     assert len(out) == len(set(keys))
+
+
+@pytest.mark.benchmark(group="conflation-push-str")
+def test_push_str_empty_call_floor(benchmark):
+    """Not a subject: the loop and call alone, which bounds how fast push can be."""
+    keys, payloads = _str_events()
+    benchmark.extra_info["items"] = PUSH_EVENTS
+    benchmark.extra_info["note"] = "loop + empty C call per event: push's floor"
+    assert benchmark(_empty_calls(keys, payloads)) is None
 
 
 @pytest.mark.benchmark(group="conflation-push-str")

@@ -13,7 +13,7 @@ def test_protocol_and_client_import_without_the_compiled_core_numpy_or_the_serve
         "import sys\n"
         "import streamcore.client, streamcore.protocol\n"
         "loaded = [m for m in sys.modules if m.split('.')[0] in "
-        "('numpy', 'starlette', 'sqlalchemy', 'app', 'orjson', 'redis')"
+        "('numpy', 'starlette', 'sqlalchemy', 'streamcore_server', 'orjson', 'redis')"
         " or m.startswith('streamcore._')]\n"
         "print(','.join(loaded))\n"
     )

@@ -384,14 +384,18 @@ class RedisBroker:
         if epoch != org.epoch:
             org.epoch, org.expected = epoch, batch.first
             self._sink.on_reset(org_id, epoch, batch.first - 1, "history_lost")
-        if batch.last < org.expected:
-            return  # already delivered (read from the history before this message came)
         if batch.first > org.expected:
             org.filling = True
             org.held.append((epoch, batch))
             task = asyncio.get_running_loop().create_task(self._fill(org_id, org, batch.first - 1))
             task.add_done_callback(_ignore_result)
             return
+        self._advance(org_id, org, epoch, batch)
+
+    def _advance(self, org_id: int, org: _Org, epoch: str, batch: Batch) -> None:
+        """Deliver what of a batch that starts at or before org.expected is new."""
+        if batch.last < org.expected:
+            return  # already delivered (read from the history before this message came)
         if batch.first < org.expected:  # overlaps what was delivered: keep the rest
             skip = org.expected - batch.first
             batch = Batch(org.expected, batch.events[skip:], batch.lost)
@@ -428,7 +432,7 @@ class RedisBroker:
                         break
                     if batch.last > upto:
                         batch = Batch(batch.first, batch.events[: upto - batch.first + 1])
-                    self._take_in_order(org_id, org, org.epoch or "", batch)
+                    self._advance(org_id, org, org.epoch or "", batch)
         finally:
             org.filling = False
             held, org.held = org.held, []
@@ -437,14 +441,6 @@ class RedisBroker:
                     org.held.append((epoch, batch))
                 else:
                     self._take(org_id, org, epoch, batch)
-
-    def _take_in_order(self, org_id: int, org: _Org, epoch: str, batch: Batch) -> None:
-        if batch.last < org.expected:
-            return
-        if batch.first < org.expected:
-            batch = Batch(org.expected, batch.events[org.expected - batch.first :], batch.lost)
-        org.expected = batch.last + 1
-        self._deliver(org_id, epoch, batch)
 
     async def history(self, org_id: int, after: int) -> History:
         """The org's epoch, newest position and the batches after `after` (bounded)."""

@@ -79,6 +79,14 @@ def private_redis() -> Any:
     server.stop()
 
 
+@pytest.fixture
+async def private(private_redis: PrivateRedis) -> AsyncIterator[Instances]:
+    """Instances on a redis-server of the test's own, which the test may stop, flush or hang."""
+    instances = Instances(private_redis.url)
+    yield instances
+    await instances.stop()
+
+
 async def test_two_instances_see_one_sequence_with_the_same_positions(shared: Instances) -> None:
     a, on_a = await shared.new()
     b, on_b = await shared.new()
@@ -128,103 +136,89 @@ async def test_the_history_is_trimmed_by_position(shared: Instances) -> None:
 
 
 async def test_a_subscription_that_breaks_is_caught_up_from_the_history(
-    private_redis: PrivateRedis,
+    private: Instances, private_redis: PrivateRedis
 ) -> None:
-    instances = Instances(private_redis.url)
-    try:
-        a, _ = await instances.new()
-        b, on_b = await instances.new()
-        await b.join(5)
-        await a.publish_now([fact(5, 0)])
-        await eventually_async(lambda: _equal(len(on_b.facts(5)), 1), "the first event")
-        client = private_redis.client()
-        client.client_kill_filter(_type="pubsub")  # b's subscription drops; Redis keeps all
-        await a.publish_now([fact(5, 1), fact(5, 2)])  # published while b is away
-        client.close()
-        want = [(1, b'{"n":0}'), (2, b'{"n":1}'), (3, b'{"n":2}')]
-        await eventually_async(lambda: _equal(on_b.facts(5), want), "b to catch up")
-        assert on_b.resets == [] and b.interruptions == 1 and b.gaps_filled >= 1
-    finally:
-        await instances.stop()
+    a, _ = await private.new()
+    b, on_b = await private.new()
+    await b.join(5)
+    await a.publish_now([fact(5, 0)])
+    await eventually_async(lambda: _equal(len(on_b.facts(5)), 1), "the first event")
+    client = private_redis.client()
+    client.client_kill_filter(_type="pubsub")  # b's subscription drops; Redis keeps all
+    await a.publish_now([fact(5, 1), fact(5, 2)])  # published while b is away
+    client.close()
+    want = [(1, b'{"n":0}'), (2, b'{"n":1}'), (3, b'{"n":2}')]
+    await eventually_async(lambda: _equal(on_b.facts(5), want), "b to catch up")
+    assert on_b.resets == [] and b.interruptions == 1 and b.gaps_filled >= 1
 
 
 async def test_a_flushed_redis_ends_in_history_lost_then_a_new_sequence(
-    private_redis: PrivateRedis,
+    private: Instances, private_redis: PrivateRedis
 ) -> None:
-    instances = Instances(private_redis.url)
-    try:
-        a, _ = await instances.new()
-        b, on_b = await instances.new()
-        first = await b.join(6)
-        await a.publish_now([fact(6, 0)])
-        await eventually_async(lambda: _equal(len(on_b.facts(6)), 1), "the first event")
-        client = private_redis.client()
-        client.flushall()
-        client.close()
-        await a.publish_now([fact(6, 1)])
-        await eventually_async(lambda: _equal(len(on_b.resets), 1), "the reset")
-        ((org, epoch, position, reason),) = on_b.resets
-        assert (org, position, reason) == (6, 0, "history_lost") and epoch != first.epoch
-        await eventually_async(lambda: _equal(len(on_b.facts(6)), 2), "the new sequence")
-        assert on_b.facts(6)[-1] == (1, b'{"n":1}')
-    finally:
-        await instances.stop()
+    a, _ = await private.new()
+    b, on_b = await private.new()
+    first = await b.join(6)
+    await a.publish_now([fact(6, 0)])
+    await eventually_async(lambda: _equal(len(on_b.facts(6)), 1), "the first event")
+    client = private_redis.client()
+    client.flushall()
+    client.close()
+    await a.publish_now([fact(6, 1)])
+    await eventually_async(lambda: _equal(len(on_b.resets), 1), "the reset")
+    ((org, epoch, position, reason),) = on_b.resets
+    assert (org, position, reason) == (6, 0, "history_lost") and epoch != first.epoch
+    await eventually_async(lambda: _equal(len(on_b.facts(6)), 2), "the new sequence")
+    assert on_b.facts(6)[-1] == (1, b'{"n":1}')
 
 
 async def test_events_of_writes_wait_for_redis_and_are_delivered_when_it_is_back(
-    private_redis: PrivateRedis,
+    private: Instances, private_redis: PrivateRedis
 ) -> None:
-    instances = Instances(private_redis.url, retry_s=30.0)
-    try:
-        a, on_a = await instances.new()
-        await a.join(8)
-        private_redis.stop()
-        for n in range(5):
-            a.publish(fact(8, n))  # the EventBus sink of committed writes: never raises
-        await eventually_async(lambda: _equal(a.publish_retries >= 1, True), "a failed try")
-        assert a.outbox_size == 5
-        private_redis.start()
-        await eventually_async(lambda: _equal(a.outbox_size, 0), "the queued events to go", 20)
-        assert a.events_lost == 0
-        history = await a.history(8, 0)  # all of them reached the shared history, in order
-        assert [e.payload for b in history.batches for e in b.events] == [
-            b'{"n":%d}' % n for n in range(5)
-        ]
-        # The restarted Redis is empty: a new sequence, and this instance says so. Each event
-        # is then delivered, or lies before the reset's position (what a reload reads).
-        await eventually_async(lambda: _equal(len(on_a.resets), 1), "the reset", 20)
-        ((_, _, position, reason),) = on_a.resets
-        assert reason == "history_lost"
-        await eventually_async(
-            lambda: _equal([p for p, _ in on_a.facts(8)], list(range(position + 1, 6))),
-            "the events after the reset",
-        )
-    finally:
-        await instances.stop()
+    private.kw |= {"retry_s": 30.0}
+    a, on_a = await private.new()
+    await a.join(8)
+    private_redis.stop()
+    for n in range(5):
+        a.publish(fact(8, n))  # the EventBus sink of committed writes: never raises
+    await eventually_async(lambda: _equal(a.publish_retries >= 1, True), "a failed try")
+    assert a.outbox_size == 5
+    private_redis.start()
+    await eventually_async(lambda: _equal(a.outbox_size, 0), "the queued events to go", 20)
+    assert a.events_lost == 0
+    history = await a.history(8, 0)  # all of them reached the shared history, in order
+    assert [e.payload for b in history.batches for e in b.events] == [
+        b'{"n":%d}' % n for n in range(5)
+    ]
+    # The restarted Redis is empty: a new sequence, and this instance says so. Each event
+    # is then delivered, or lies before the reset's position (what a reload reads).
+    await eventually_async(lambda: _equal(len(on_a.resets), 1), "the reset", 20)
+    ((_, _, position, reason),) = on_a.resets
+    assert reason == "history_lost"
+    await eventually_async(
+        lambda: _equal([p for p, _ in on_a.facts(8)], list(range(position + 1, 6))),
+        "the events after the reset",
+    )
 
 
 async def test_events_that_cannot_wait_are_counted_and_every_instance_is_told(
-    private_redis: PrivateRedis,
+    private: Instances, private_redis: PrivateRedis
 ) -> None:
-    instances = Instances(private_redis.url, retry_s=0.3)
-    try:
-        a, on_a = await instances.new()
-        b, on_b = await instances.new()
-        await a.join(9)
-        await b.join(9)
-        private_redis.hang()  # accepts, never answers: a stalled Redis
-        a.publish(fact(9, 0))
-        await eventually_async(lambda: _equal(a.events_lost, 1), "the event to expire", 20)
-        assert [r[3] for r in on_a.resets] == ["events_lost"]  # this instance: at once
-        private_redis.resume()
-        # The others learn it from the marker in the org's history, when Redis answers again.
-        await eventually_async(
-            lambda: _equal("events_lost" in [r[3] for r in on_b.resets], True), "b's reset", 20
-        )
-        history = await b.history(9, 0)
-        assert any(batch.lost == 1 for batch in history.batches)
-    finally:
-        await instances.stop()
+    private.kw |= {"retry_s": 0.3}
+    a, on_a = await private.new()
+    b, on_b = await private.new()
+    await a.join(9)
+    await b.join(9)
+    private_redis.hang()  # accepts, never answers: a stalled Redis
+    a.publish(fact(9, 0))
+    await eventually_async(lambda: _equal(a.events_lost, 1), "the event to expire", 20)
+    assert [r[3] for r in on_a.resets] == ["events_lost"]  # this instance: at once
+    private_redis.resume()
+    # The others learn it from the marker in the org's history, when Redis answers again.
+    await eventually_async(
+        lambda: _equal("events_lost" in [r[3] for r in on_b.resets], True), "b's reset", 20
+    )
+    history = await b.history(9, 0)
+    assert any(batch.lost == 1 for batch in history.batches)
 
 
 async def _equal(got: Any, want: Any) -> bool:
