@@ -401,3 +401,32 @@ def test_a_hung_standby_costs_a_read_a_bounded_wait_then_none(
     served = replica(api, standby.port)["reads"]
     assert amounts(api, reader) == [100]
     assert replica(api, standby.port)["reads"] == served + 1
+
+
+def test_with_an_edge_the_whole_org_reads_a_write_while_the_standby_replay_is_paused(
+    cluster: PostgresCluster, api_factory: Any
+) -> None:
+    # The edge keys a copy on the verified org alone: what a colleague's read stores there is
+    # what the writer reads next, Consistency-Token or not. So with an edge, a read after any
+    # write of the org must not come from a standby that has not replayed it.
+    standby = cluster.standbys[0]
+    nowhere = f"http://127.0.0.1:{free_port()}"  # purges fail and are retried; writes still 201
+    api = start(
+        api_factory, cluster, standby.url(), edge_provider="varnish", edge_purge_urls=(nowhere,)
+    )
+    writer = api.tenant("Edged")
+    reader = colleague(api, writer, "edged-reader")
+    outsider = api.tenant("Elsewhere")
+    write(api, writer, 100)
+    write(api, outsider, 5)
+    cluster.wait_caught_up(standby)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    write(api, writer, 200)
+
+    assert amounts(api, reader) == [200, 100]  # the primary's: the standby is behind the org
+    summary = {"propertyId": writer.property_id}
+    r = api.client.get("/v1/finance/summary", params=summary, headers=reader.auth)
+    assert r.json()["totals"][0]["expensesCents"] == 300
+    assert amounts(api, outsider) == [5]  # another org's reads still go to the standby
+    routed = database(api)["routed_reads"]
+    assert routed["replica"] == 1 and routed["fallbacks"]["behind"] >= 1
