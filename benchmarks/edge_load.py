@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ({}, (("direct", base), ("edge", edge))),
                 ({"EDGE_PURGE_REPEAT_S": "0"}, (("edge, no repeat", edge),)),
             ):
-                with api_load.server(argv, {**env, **overrides}, f"{base}/readyz", work) as proc:
+                with api_load.server(argv, {**env, **overrides}, f"{base}/readyz", work) as pid:
                     login = httpx2.post(
                         f"{base}/auth/login",
                         json={"email": "user@example.com", "password": "changeme"},
@@ -302,7 +302,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     token = login.json()["accessToken"]
                     for name, url in runs:
                         phase = Phase(name)
-                        asyncio.run(drive(url, token, phase, args, proc.pid))
+                        asyncio.run(drive(url, token, phase, args, pid))
                         phases.append(phase)
                     purges.append(httpx2.get(f"{base}/v1/system/metrics/aggregated").json()["edge"])
         finally:

@@ -21,16 +21,18 @@ import asyncio
 import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx2
 
-from benchmarks.api_load import EXPENSE, drive, free_port, server
+from benchmarks.api_load import EXPENSE, free_port, server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -53,6 +55,52 @@ class Row:
     standby_cpu_ms_per_1k: float
     replica_share: float | None
     fallbacks: int  # reads the primary served because no standby could
+
+
+@dataclass
+class Result:
+    requests: int
+    errors: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+Request = Callable[[httpx2.AsyncClient], Awaitable[httpx2.Response]]
+
+
+async def drive(base: str, request: Request, total: int, concurrency: int, max_s: float) -> Result:
+    """Send `total` requests from `concurrency` workers, stopping early after `max_s`."""
+    latencies: list[float] = []
+    errors = 0
+    sent = 0
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx2.AsyncClient(base_url=base, limits=limits, timeout=30) as client:
+        for _ in range(min(50, total)):  # warm the connections and caches
+            await request(client)
+        started = time.perf_counter()
+        deadline = started + max_s
+
+        async def worker() -> None:
+            nonlocal sent, errors
+            while sent < total and time.perf_counter() < deadline:
+                sent += 1
+                t0 = time.perf_counter()
+                response = await request(client)
+                latencies.append(time.perf_counter() - t0)
+                if response.status_code >= 400:
+                    errors += 1
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    return Result(
+        requests=len(latencies),
+        errors=errors,
+        rps=round(len(latencies) / elapsed, 1),
+        p50_ms=round(statistics.median(latencies) * 1000, 2),
+        p99_ms=round(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000, 2),
+    )
 
 
 def cluster_cpu_s(s: Server) -> float:
@@ -93,7 +141,7 @@ async def scenario(
     standby = cluster.standbys[0]
     routed_before = routed_reads(base)
     before = (cluster_cpu_s(cluster.primary), cluster_cpu_s(standby))
-    result = await drive(name, base, request, requests, concurrency, max_s)
+    result = await drive(base, request, requests, concurrency, max_s)
     after = (cluster_cpu_s(cluster.primary), cluster_cpu_s(standby))
     routed = {k: v - routed_before[k] for k, v in routed_reads(base).items()}
     reads = routed["replica"] + routed["primary"]

@@ -6,9 +6,11 @@ when the cache misses. Writes, auth and idempotency use the primary engine direc
 come here. A read goes to a replica only when the replica answered its last probe, its lag is at
 most DATABASE_REPLICA_MAX_LAG_S, and it has replayed the caller's floor: the primary's WAL
 position after the caller's newest write, carried by the Consistency-Token header and kept per
-user for READ_YOUR_WRITES_TTL_S. The least lagging replica is tried first; one that fails is
-skipped until it answers a probe again, and the read goes on to the next, finally the primary.
-Every read the primary serves instead of a replica is counted with its reason.
+user for READ_YOUR_WRITES_TTL_S. With an edge cache (EDGE_PROVIDER), which keys a copy on the
+org alone, the floor is kept per org as well: a colleague's read, stored at the edge and served
+to the writer, is then never older than the write. The least lagging replica is tried first; one
+that fails is skipped until it answers a probe again, and the read goes on to the next, finally
+the primary. Every read the primary serves instead of a replica is counted with its reason.
 """
 
 from __future__ import annotations
@@ -210,11 +212,13 @@ class ReplicaRouter:
         replicas: Sequence[Replica],
         max_lag_s: float,
         floors: Floors,
+        org_floors: Floors | None = None,
     ) -> None:
         self.primary = primary
         self.replicas = list(replicas)
         self.max_lag_s = max_lag_s
         self.floors = floors
+        self.org_floors = org_floors  # with an edge: every write's position, per org
         self.reads_replica = 0
         self.reads_primary = 0
         self.fallbacks = dict.fromkeys(FALLBACK_REASONS, 0)
@@ -238,18 +242,28 @@ class ReplicaRouter:
             if await conn.scalar(SYNCHRONOUS_COMMIT_SQL) == "off":
                 self._lsn_sql = PRIMARY_INSERT_LSN_SQL
 
-    async def after_write(self, user_id: int) -> str:
+    async def after_write(self, user_id: int, org_id: int | None = None) -> str:
         """The token of a committed write: the primary's WAL position now, kept for the user."""
         lsn = await self.primary_lsn()
         await self.floors.remember(user_id, lsn)
+        if self.org_floors is not None and org_id is not None:
+            await self.org_floors.remember(org_id, lsn)
         return format_lsn(lsn)
 
     async def read(
-        self, user_id: int, token: int | None, fn: Callable[[AsyncConnection], Awaitable[T]]
+        self,
+        user_id: int,
+        token: int | None,
+        fn: Callable[[AsyncConnection], Awaitable[T]],
+        org_id: int | None = None,
     ) -> T:
         """Run fn on the least lagging replica that may serve this user, else on the primary."""
         try:
             floor = await self.floors.get(user_id)
+            if self.org_floors is not None and org_id is not None:
+                org_floor = await self.org_floors.get(org_id)
+                if org_floor is not None:
+                    floor = org_floor if floor is None else max(floor, org_floor)
         except FloorUnknown:
             return await self._on_primary(fn, "floor_unknown")
         if token is not None:
@@ -356,7 +370,7 @@ async def read(
     if router is None:
         async with request.app.state.db.connect() as conn:
             return await fn(conn)
-    return await router.read(who.user_id, parse_token(request.headers), fn)
+    return await router.read(who.user_id, parse_token(request.headers), fn, who.org_id)
 
 
 async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> ReplicaRouter | None:
@@ -375,7 +389,16 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> ReplicaR
         f"{settings.metrics_redis_prefix}:ryw:{db}",
         settings.read_your_writes_ttl_s,
     )
-    router = ReplicaRouter(app.state.db, replicas, settings.database_replica_max_lag_s, floors)
+    org_floors = None
+    if settings.edge_provider != "none":
+        org_floors = Floors(
+            getattr(app.state, "redis", None),
+            f"{settings.metrics_redis_prefix}:ryw-org:{db}",
+            settings.read_your_writes_ttl_s,
+        )
+    router = ReplicaRouter(
+        app.state.db, replicas, settings.database_replica_max_lag_s, floors, org_floors
+    )
     await router.check_primary()
     await router.probe()
     task = asyncio.create_task(router.run(), name="replica-probe")

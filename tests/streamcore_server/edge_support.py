@@ -28,7 +28,8 @@ def require_varnish() -> str:
         "/usr/sbin/varnishd" if os.path.exists("/usr/sbin/varnishd") else None
     )
     if found is None:
-        msg = "varnishd is not installed (apt-get install varnish varnish-modules)"
+        msg = "varnishd is not installed"
+        msg += " (apt-get install varnish varnish-modules varnish-vmod-digest)"
         if os.environ.get("STREAMCORE_REQUIRE_SERVICES") == "1":
             pytest.fail(msg)
         pytest.skip(msg)

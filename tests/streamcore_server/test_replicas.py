@@ -401,3 +401,59 @@ def test_a_hung_standby_costs_a_read_a_bounded_wait_then_none(
     served = replica(api, standby.port)["reads"]
     assert amounts(api, reader) == [100]
     assert replica(api, standby.port)["reads"] == served + 1
+
+
+def test_with_an_edge_the_whole_org_reads_a_write_while_the_standby_replay_is_paused(
+    cluster: PostgresCluster, api_factory: Any
+) -> None:
+    # The edge keys a copy on the verified org alone: what a colleague's read stores there is
+    # what the writer reads next, Consistency-Token or not. So with an edge, a read after any
+    # write of the org must not come from a standby that has not replayed it.
+    standby = cluster.standbys[0]
+    nowhere = f"http://127.0.0.1:{free_port()}"  # purges fail and are retried; writes still 201
+    api = start(
+        api_factory, cluster, standby.url(), edge_provider="varnish", edge_purge_urls=(nowhere,)
+    )
+    writer = api.tenant("Edged")
+    reader = colleague(api, writer, "edged-reader")
+    outsider = api.tenant("Elsewhere")
+    write(api, writer, 100)
+    write(api, outsider, 5)
+    cluster.wait_caught_up(standby)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    write(api, writer, 200)
+
+    assert amounts(api, reader) == [200, 100]  # the primary's: the standby is behind the org
+    summary = {"propertyId": writer.property_id}
+    r = api.client.get("/v1/finance/summary", params=summary, headers=reader.auth)
+    assert r.json()["totals"][0]["expensesCents"] == 300
+    assert amounts(api, outsider) == [5]  # another org's reads still go to the standby
+    routed = database(api)["routed_reads"]
+    assert routed["replica"] == 1 and routed["fallbacks"]["behind"] >= 1
+
+
+def test_auth_writes_and_idempotency_never_read_a_standby(
+    cluster: PostgresCluster, api_factory: Any
+) -> None:
+    # What the paused standby does not have yet: a user, a property, an idempotency record.
+    # Each is read where it was written, or the login, the write or the replay would fail.
+    standby = cluster.standbys[0]
+    api = start(api_factory, cluster, standby.url())
+    t = api.tenant("Primary")
+    cluster.wait_caught_up(standby)
+    standby.sql("SELECT pg_wal_replay_pause()")
+    newcomer = colleague(api, t, "newcomer")
+    house = api.add_property(t, "Unreplayed House")
+
+    login = {"email": newcomer.email, "password": "correct horse battery"}
+    r = api.client.post("/auth/login", json=login)
+    assert r.status_code == 200, r.text
+    token = r.json()["accessToken"]
+    headers = {"Authorization": f"Bearer {token}", "Idempotency-Key": "k-unreplayed"}
+    body = expense(t, propertyId=house, amountCents=4321)
+    first = api.client.post("/v1/finance/expenses", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    again = api.client.post("/v1/finance/expenses", json=body, headers=headers)
+    assert (again.status_code, again.json()) == (201, first.json())  # replayed, not re-run
+    assert cluster.lsn_behind(standby) > 0  # still paused: none of it could have been replayed
+    assert database(api)["routed_reads"]["replica"] == 0  # nothing above asked the router

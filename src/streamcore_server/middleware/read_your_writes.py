@@ -3,9 +3,8 @@
 Pure ASGI, just outside the idempotency middleware, so replayed responses carry a token too.
 The response has not started when the handler's transaction has committed, so the primary's
 WAL position read then is at or past the write's commit. The router keeps it per user as well
-(streamcore_server/replicas.py). Only the operations marked consistency="write" get one; without
-replicas (or
-without a valid bearer token) requests pass untouched.
+(replicas.py), and per org with an edge. Only the operations marked consistency="write" get one;
+without replicas (or without a valid bearer token) requests pass untouched.
 """
 
 from __future__ import annotations
@@ -46,7 +45,7 @@ class ReadYourWritesMiddleware:
         async def send_with_token(message: Message) -> None:
             if message["type"] == "http.response.start" and 200 <= message["status"] < 300:
                 try:
-                    token = await router.after_write(who.user_id)
+                    token = await router.after_write(who.user_id, who.org_id)
                 except Exception as exc:
                     # The write stands; only this caller's next reads may not see it at once.
                     log.warning("no consistency token", extra={"error": type(exc).__name__})

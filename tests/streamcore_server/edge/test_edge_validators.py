@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from app_support import Api, expense
+from app_support import PASSWORD, Api, expense
 
+from streamcore_server import finance
 from streamcore_server.edge.validators import etag, none_match
 
 
@@ -90,6 +91,24 @@ def test_lists_revalidate_until_a_write(api: Api, kind: str, scoped: bool) -> No
     assert after.status_code == 200 and len(after.json()["items"]) == 1
 
 
+def test_a_list_304_runs_no_page_query(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = api.tenant("Acme")
+    url = f"/v1/finance/expenses?propertyId={t.property_id}"
+    pages: list[object] = []
+    page = finance.EXPENSES.page
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        pages.append(args)
+        return await page(*args, **kwargs)
+
+    monkeypatch.setattr(finance.EXPENSES, "page", counted)
+    tag = api.client.get(url, headers=t.auth).headers["etag"]
+    assert len(pages) == 1
+    again = api.client.get(url, headers={**t.auth, "If-None-Match": tag})
+    assert (again.status_code, again.content, again.headers["etag"]) == (304, b"", tag)
+    assert len(pages) == 1  # the version read alone answered it
+
+
 def test_lists_of_a_foreign_property_are_404_even_when_revalidating(api: Api) -> None:
     a, b = api.tenant("Acme"), api.tenant("Beta")
     r = api.client.get(
@@ -107,6 +126,8 @@ def test_writes_auth_and_metrics_are_no_store(api: Api) -> None:
     assert api.client.get("/healthz").headers["cache-control"] == "no-store"
     bad = api.client.post("/auth/login", json={"email": "x@example.com", "password": "nope"})
     assert bad.status_code == 401 and bad.headers["cache-control"] == "no-store"
+    good = api.client.post("/auth/login", json={"email": t.email, "password": PASSWORD})
+    assert good.status_code == 200 and good.headers["cache-control"] == "no-store"
 
 
 def test_edge_headers_follow_the_provider(api_factory: Any, sqlite_url: str) -> None:

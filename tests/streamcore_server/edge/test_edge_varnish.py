@@ -203,6 +203,28 @@ def test_a_write_changes_the_next_edge_read_within_1s(stack: Stack) -> None:
     assert edge_stats(stack.app)["purge_succeeded"] >= 1
 
 
+def test_a_list_page_is_the_edges_until_a_write_purges_it_within_1s(stack: Stack) -> None:
+    token = stack.app.token()
+    url = "/v1/finance/expenses?propertyId=1&limit=5"
+    before = stack.edge.get(url, headers=bearer(token))
+    cached = stack.edge.get(url, headers=bearer(token))
+    assert before.status_code == 200 and before.headers["etag"]
+    assert (cached.headers["x-edge-cache"], cached.content) == ("hit", before.content)
+
+    add_expense(stack, token, 4242)
+    written = time.monotonic()
+    fresh = wait_for(
+        lambda: when_body(stack.edge.get(url, headers=bearer(token)), before.content),
+        "the edge to show the write in the list",
+        timeout=5.0,
+    )
+    took = time.monotonic() - written
+
+    assert fresh.json()["items"][0]["amountCents"] == 4242
+    assert fresh.headers["etag"] != before.headers["etag"]
+    assert took < 1.0, f"the write showed in the edge's list after {took:.3f}s"
+
+
 def forged(claims: dict[str, Any], key: str) -> str:
     return jwt.encode(claims, key, algorithm="HS256")
 

@@ -159,6 +159,20 @@ def test_replica_alerts_read_exported_series() -> None:
         assert rule["labels"]["severity"] == "ticket"  # reads still succeed: nobody is paged
 
 
+def test_dashboard_shows_replica_lag_and_fallbacks() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    shown = set().union(
+        *(referenced(t["expr"]) for p in dash["panels"] for t in p.get("targets", []))
+    )
+    for series in (
+        "streamcore_db_replica_lag_seconds",
+        "streamcore_db_replica_lag_bytes",
+        "streamcore_db_replica_up",
+        "streamcore_db_replica_fallbacks_total",
+    ):
+        assert series in shown, series
+
+
 @needs_promtool
 def test_promtool_checks_the_replica_alerts_and_their_unit_tests() -> None:
     promtool("check", "rules", str(REPLICA_RULES))
