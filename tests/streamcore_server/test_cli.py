@@ -165,6 +165,9 @@ def test_the_console_script_is_the_same_program_as_python_m_app() -> None:
         [str(script), "settings-table"], capture_output=True, text=True, check=True
     ).stdout
     via_module = subprocess.run(
-        [sys.executable, "-m", "streamcore_server", "settings-table"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "streamcore_server", "settings-table"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert via_script == via_module and "REALTIME_HISTORY_EVENTS" in via_script
