@@ -156,7 +156,17 @@ def serve_streamcore(port: int, args: argparse.Namespace) -> None:
         window_min_ms=args.window_ms or 30.0,
         window_max_ms=args.window_ms or 150.0,
     )
-    seed_bench_users(settings.database_url, range(1, args.orgs + 1))
+    # Seeded (and migrated) in a child process, as a deployment migrates before its servers
+    # start: the server then starts on a current schema and never imports alembic.
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.ws_load", "--role", "seed"),
+            *("--orgs", str(args.orgs), "--database-url", settings.database_url),
+        ],
+        cwd=ROOT,
+        env=ENV,
+        check=True,
+    )
     app = create_app(settings)
 
     def emit(org: int, key: str, payload: bytes) -> None:
@@ -819,7 +829,7 @@ def verdicts(results: list[Result], adaptive: bool) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--role", default="main", choices=["main", "server", "clients"])
+    p.add_argument("--role", default="main", choices=["main", "server", "clients", "seed"])
     p.add_argument("--server", default="streamcore")
     p.add_argument("--servers", default="streamcore,encode_once,naive,floor")
     p.add_argument(
@@ -846,6 +856,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--json")
     p.add_argument("--status", help="server: where SIGUSR2 writes the hub's status")
+    p.add_argument("--database-url", help="seed: the database to migrate and seed")
     args = p.parse_args(argv)
     if args.role == "server":
         if args.server == "streamcore":
@@ -857,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.role == "clients":
         run_clients(args)
+        return 0
+    if args.role == "seed":
+        seed_bench_users(args.database_url, range(1, args.orgs + 1))
         return 0
     counts = [int(c) for c in str(args.clients).split(",")]
     raise_nofile(max(counts))

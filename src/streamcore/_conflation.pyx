@@ -38,7 +38,6 @@ cdef extern from *:
 
 import json
 
-import numpy as np
 
 from streamcore.errors import StreamcoreError, StreamcoreTypeError, StreamcoreValueError
 
@@ -342,6 +341,8 @@ cdef class IntConflator:
             raise _in_use(self)
         self._busy = True  # allocating the arrays may run other threads' Python code
         try:
+            import numpy as np  # drain's arrays only: importing the engine does not load numpy
+
             keys = np.empty(n, dtype=np.int64)
             refs = np.empty(n, dtype=np.int64)
             kv = keys

@@ -18,7 +18,7 @@ cimport cython
 
 from array import array
 
-import numpy as np
+import sys
 
 from .errors import CorruptDataError, StreamcoreTypeError, StreamcoreValueError
 
@@ -118,10 +118,16 @@ cdef object _layout_error(double lowest, double highest):
     return None
 
 
+cdef bint _numpy_number(object value):
+    # A numpy scalar exists only once numpy is imported, and the engine does not import it.
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(value, (np.floating, np.integer))
+
+
 cdef double _as_float(object value, str what) except? -1.0:
     """Convert a real number to a double; StreamcoreTypeError for anything else."""
     if PyFloat_Check(value) or (PyLong_Check(value) and not isinstance(value, bool)) or \
-            isinstance(value, (np.floating, np.integer)):
+            _numpy_number(value):
         try:
             return float(value)
         except OverflowError:
@@ -470,6 +476,8 @@ cdef class Histogram:
         for i in range(self._nslots):
             if self._counts[i]:
                 nz += 1
+        import numpy as np
+
         uppers = np.empty(nz, dtype=np.float64)
         counts = np.empty(nz, dtype=np.uint64)
         cdef double[::1] u = uppers

@@ -96,6 +96,9 @@ class WindowScheduler:
     def due(self, now_ms: float) -> npt.NDArray[np.int64]:
         """Close and return (int64, in deadline order) every channel whose deadline is <= now_ms."""
 
+    def due_list(self, now_ms: float) -> list[int]:
+        """Close and return, as a list of ints in deadline order, every channel due by now_ms."""
+
     def observe_flush(self, now_ms: float, cost_ms: float) -> None:
         """Count cost_ms of flush CPU spent up to now_ms; the shared length follows the load."""
 

@@ -8,7 +8,6 @@ as `cost_ms`: nothing here reads a clock.
 import numbers
 import operator
 
-import numpy as np
 
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -585,6 +584,8 @@ cdef class WindowScheduler:
         cdef double now = _real(now_ms, "now_ms")
         cdef int64_t k
         cdef int64_t[::1] view
+        import numpy as np  # here, not at import: a server that calls due_list never loads numpy
+
         self._enter(now)
         if self._n_active == 0 or self._heap[0].deadline > now:
             return np.empty(0, dtype=np.int64)
@@ -594,6 +595,17 @@ cdef class WindowScheduler:
         view = out
         memcpy(&view[0], self._scratch, k * sizeof(int64_t))
         return out
+
+    def due_list(self, now_ms):
+        """Close and return, as a list of ints in deadline order, every channel due by now_ms."""
+        cdef double now = _real(now_ms, "now_ms")
+        cdef int64_t k, i
+        self._enter(now)
+        if self._n_active == 0 or self._heap[0].deadline > now:
+            return []
+        with nogil:
+            k = self._due_c(now)
+        return [self._scratch[i] for i in range(k)]
 
     def observe_flush(self, now_ms, cost_ms):
         """Count cost_ms of flush CPU spent up to now_ms; the shared length follows the load."""
@@ -663,9 +675,12 @@ cdef class WindowScheduler:
     @property
     def channels(self):
         """Known channel ids (active or idle), sorted, as an int64 array."""
-        out = np.empty(self._n, dtype=np.int64)
-        cdef int64_t[::1] view = out
+        cdef int64_t[::1] view
         cdef int64_t i
+        import numpy as np
+
+        out = np.empty(self._n, dtype=np.int64)
+        view = out
         for i in range(self._n):
             view[i] = self._chans[i].id
         out.sort()

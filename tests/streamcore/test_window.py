@@ -41,6 +41,34 @@ def deadlines_in_order(s):
     return out
 
 
+@pytest.mark.parametrize("cls", SCHEDULERS)
+def test_due_list_closes_the_same_windows_as_due(cls):
+    a, b = cls(), cls()
+    for t, ch in zip(range(0, 4000, 7), itertools.cycle(range(40)), strict=False):
+        assert a.touch(ch, float(t)) == b.touch(ch, float(t))
+        got = b.due_list(float(t))
+        assert type(got) is list and all(type(c) is int for c in got)
+        assert got == a.due(float(t)).tolist()
+    assert a.windows_closed == b.windows_closed > 0
+    assert a.due_list(1e9) == b.due(1e9).tolist() != []
+
+
+def test_importing_the_engine_does_not_load_numpy():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, streamcore\n"
+        "from streamcore import Conflator, Histogram, WindowScheduler\n"
+        "h = Histogram(); h.record(1.5); h.record(3)\n"
+        "s = WindowScheduler(); s.touch(1, 0.0); s.due_list(1e6)\n"
+        "c = Conflator(); c.push('k', b'v')\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"]
+
+
 def test_compiled_module_is_loaded():
     assert _window.__file__.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
     assert streamcore.WindowScheduler is WindowScheduler

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import closing
@@ -45,6 +47,28 @@ async def test_migrations_build_exactly_the_declared_schema(database_url: str) -
         assert version == [(_head(),)]
     finally:
         await engine.dispose()
+
+
+def test_head_revision_is_alembics_head() -> None:
+    assert _head() == storage.HEAD_REVISION
+
+
+def test_a_current_schema_is_migrated_without_importing_alembic(tmp_path: Any) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path}/db.sqlite"
+    script = (
+        "import asyncio, sys\n"
+        "from streamcore_server import storage\n"
+        "async def main():\n"
+        f"    engine = storage.create_engine({url!r})\n"
+        "    await storage.migrate(engine)\n"
+        "    await engine.dispose()\n"
+        "asyncio.run(main())\n"
+        "print('alembic' in sys.modules)\n"
+    )
+    run = [sys.executable, "-c", script]
+    first = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split()
+    again = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split()
+    assert (first, again) == (["True"], ["False"])
 
 
 async def test_sqlite_runs_in_wal_mode_with_foreign_keys(sqlite_url: str) -> None:

@@ -315,6 +315,9 @@ class ReferenceWindowScheduler:
             heapq.heappop(self._heap)
 
     def due(self, now_ms: float) -> npt.NDArray[np.int64]:
+        return np.array(self.due_list(now_ms), dtype=np.int64)
+
+    def due_list(self, now_ms: float) -> list[int]:
         now = _real(now_ms, "now_ms")
         self._enter(now)
         out: list[int] = []
@@ -334,7 +337,7 @@ class ReferenceWindowScheduler:
             out.append(key)
             self._drop_stale()
         self.windows_closed += len(out)
-        return np.array(out, dtype=np.int64)
+        return out
 
     def observe_flush(self, now_ms: float, cost_ms: float) -> None:
         now = _real(now_ms, "now_ms")

@@ -14,7 +14,6 @@ import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
-import httpx2
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -115,6 +114,8 @@ async def open_edge(settings: Settings, stack: AsyncExitStack) -> Edge:
     purger = purger_for(settings)
     if purger is None:
         return Edge(settings)
+    import httpx2  # here: a server without an edge provider never loads an HTTP client
+
     client = httpx2.AsyncClient(timeout=settings.edge_purge_timeout_s)
     stack.push_async_callback(client.aclose)
 

@@ -11,12 +11,14 @@ import logging
 import re
 import secrets
 import time
+from functools import partial
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import CLIENT_CLOSED_REQUEST, internal_error_response
 from ..logs import request_id
+from ..realtime.ws_protocol import PARKING
 
 log = logging.getLogger("streamcore_server.access")
 # A caller-supplied id is kept only if it cannot forge log structure or carry a payload.
@@ -87,15 +89,28 @@ class RequestContextMiddleware:
                 raise
             await internal_error_response()(scope, receive, send_with_id)
         finally:
-            # Path only: query strings may carry cursors or, from careless clients, secrets.
-            extra = {
-                "requestId": rid,  # explicit: the record may be formatted after the reset
-                "method": scope.get("method", "WS"),
-                "path": scope["path"],
-                "status": status,
-                "durationMs": round((time.perf_counter() - started) * 1000, 2),
-            }
-            if status == 101:
-                extra["closeCode"] = close_code if close_code is not None else 1006
-            log.info("request", extra=extra)
+            parking = scope.get("extensions", {}).get(PARKING) if status == 101 else None
+            if parking is not None and parking.parked and close_code is None:
+                # The app parked the socket: it lives on past this call, and its line is logged
+                # when it closes, with the close code and the whole duration.
+                parking.on_close(partial(_access_line, rid, "WS", scope["path"], 101, started))
+            else:
+                method = scope.get("method", "WS")
+                _access_line(rid, method, scope["path"], status, started, close_code)
             request_id.reset(token)
+
+
+def _access_line(
+    rid: str, method: str, path: str, status: int, started: float, close_code: int | None
+) -> None:
+    # Path only: query strings may carry cursors or, from careless clients, secrets.
+    extra: dict[str, object] = {
+        "requestId": rid,  # explicit: the record may be formatted after the reset
+        "method": method,
+        "path": path,
+        "status": status,
+        "durationMs": round((time.perf_counter() - started) * 1000, 2),
+    }
+    if status == 101:
+        extra["closeCode"] = close_code if close_code is not None else 1006
+    log.info("request", extra=extra)

@@ -73,8 +73,8 @@ class Connection:
         codec: Codec,
         *,
         prepared: PreparedSender | None,
-        send_bytes: Callable[[bytes], Awaitable[None]],
-        close: Callable[[int, str], Awaitable[None]],
+        send_bytes: Callable[[bytes], Awaitable[None]] | None,
+        close: Callable[[int, str], Awaitable[None]] | None,
         policy: str,
         max_frames: int,
         max_bytes: int,
@@ -88,6 +88,7 @@ class Connection:
         self.channel: Channel | None = None
         self.group: Subscribers | None = None  # the channel's subscribers of this codec
         self._prepared = prepared
+        # The ASGI sends, used only without `prepared` (a parked connection has no ASGI side).
         self._send_bytes = send_bytes
         self._close = close
         self._policy = policy
@@ -291,7 +292,7 @@ class Connection:
                 await wake.wait()
                 wake.clear()
                 if self.close_code is not None:
-                    if self._pending_close is not None:
+                    if self._pending_close is not None and self._close is not None:
                         with contextlib.suppress(Exception):
                             await self._close(*self._pending_close)
                     return
@@ -319,5 +320,6 @@ class Connection:
             if not prepared.send(frame.wire(self.codec, self._encoder)):
                 self._mark_closed(1006)
         else:
+            assert self._send_bytes is not None, "an ASGI-only connection has send_bytes"
             await self._send_bytes(frame.data(self.codec, self._encoder))
         self._metrics.frames_sent += 1

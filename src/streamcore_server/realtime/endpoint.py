@@ -34,7 +34,7 @@ from ..validation import JsonId, read_json
 from .broker import HistoryUnavailable
 from .caps import CapExceeded, Lease
 from .connections import CLOSE_POLICY, CLOSE_SLOW_CONSUMER, Connection
-from .ws_protocol import EXTENSION
+from .ws_protocol import EXTENSION, PARKING
 
 log = logging.getLogger("streamcore_server.realtime")
 
@@ -210,6 +210,9 @@ async def stream(ws: WebSocket) -> None:
 
     settings = state.settings
     conn: Connection | None = None
+    extensions = ws.scope.get("extensions") or {}
+    prepared = extensions.get(EXTENSION)
+    parking = extensions.get(PARKING) if prepared is not None else None
     try:
         await ws.accept(subprotocol=subprotocol)
         conn = Connection(
@@ -217,9 +220,11 @@ async def stream(ws: WebSocket) -> None:
             who.user_id,
             who.org_id,
             codec,
-            prepared=ws.scope.get("extensions", {}).get(EXTENSION),
-            send_bytes=ws.send_bytes,
-            close=ws.close,
+            prepared=prepared,
+            # A parked connection never sends through ASGI; without the bound methods it does
+            # not keep the WebSocket (and through it the scope) alive.
+            send_bytes=None if parking is not None else ws.send_bytes,
+            close=None if parking is not None else ws.close,
             policy=settings.realtime_slow_consumer_policy,
             max_frames=settings.realtime_queue_max_frames,
             max_bytes=settings.realtime_queue_max_bytes,
@@ -234,6 +239,12 @@ async def stream(ws: WebSocket) -> None:
             await ws.close(CLOSE_SLOW_CONSUMER, "realtime broker unavailable")
             return
         conn.start()
+        if parking is not None:
+            # The app returns and the socket stays open: the ASGI task, this frame and every
+            # middleware frame above it are freed for the connection's quiet life (~8 KB).
+            parking.park(_Finish(hub, conn, state.caps, lease))
+            conn = lease = None
+            return
         await _until_closed(ws, conn)
     except (WebSocketDisconnect, OSError):
         pass
@@ -241,13 +252,30 @@ async def stream(ws: WebSocket) -> None:
         if conn is not None:
             hub.unsubscribe(conn)
             await conn.stop()
-        await state.caps.release(lease)
+        if lease is not None:
+            await state.caps.release(lease)
+
+
+class _Finish:
+    """What ends a parked stream once its socket closes: unsubscribe, stop, release the lease."""
+
+    __slots__ = ("caps", "conn", "hub", "lease")
+
+    def __init__(self, hub: Any, conn: Connection, caps: Any, lease: Lease) -> None:
+        self.hub, self.conn, self.caps, self.lease = hub, conn, caps, lease
+
+    async def __call__(self, code: int) -> None:
+        try:
+            self.hub.unsubscribe(self.conn)
+            await self.conn.stop()
+        finally:
+            await self.caps.release(self.lease)
 
 
 async def _until_closed(ws: WebSocket, conn: Connection) -> None:
-    # Clients have nothing to say in version 1; reading keeps pings and closes flowing. Every
-    # ending (client close, drop, a server-side close of ours) arrives here as a disconnect, so
-    # no second task waits on the connection: an idle stream costs this one coroutine.
+    # The ASGI path (no parking): clients have nothing to say in version 1; reading keeps pings
+    # and closes flowing. Every ending (client close, drop, a server-side close of ours) arrives
+    # here as a disconnect, so no second task waits on the connection.
     while True:
         message = await ws.receive()
         if message["type"] == "websocket.disconnect":

@@ -418,7 +418,7 @@ class Hub:
         """Flush every channel whose window is due; return the number of frames built."""
         now = self.now_ms()
         built = 0
-        for sched_id in self.scheduler.due(now).tolist():
+        for sched_id in self.scheduler.due_list(now):
             ch = self._by_sched.get(sched_id)
             if ch is None or ch.conflator is None:
                 continue

@@ -10,21 +10,31 @@ handshake_complete, queue, loop, writable): uvicorn is pinned to a minor version
 tests/streamcore_server/realtime exercise this class against a real server.
 
 It also keeps an idle connection small (docs/REALTIME.md, "What an idle connection holds"): the
-receive queue and the `writable` event are lighter equivalents, and once the 101 is sent the
-handshake's request, response and parser frame are let go.
+receive queue and the `writable` event are lighter equivalents, once the 101 is sent the
+handshake's request, response and parser frame are let go, and an app that has nothing more to
+await may park the connection (scope["extensions"]["streamcore.park"]): its ASGI call returns,
+the task and every middleware frame above it are freed, the socket stays open and a finish
+coroutine runs when it closes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.protocol import OPEN, Protocol
 from websockets.streams import StreamReader
 
+log = logging.getLogger("streamcore_server.realtime")
+
 EXTENSION = "streamcore.prepared"
+PARKING = "streamcore.park"
 _OP_BINARY_FIN = 0x82
 # Gives a peer that never reads a moment to take the close frame before the socket is cut.
 ABORT_AFTER_S = 1.0
@@ -108,6 +118,9 @@ class Inbox:
             if not fut.done():
                 fut.set_result(None)
 
+    def get_nowait(self) -> Any:
+        return self._items.pop(0)
+
     async def get(self) -> Any:
         while not self._items:
             fut = asyncio.get_running_loop().create_future()
@@ -166,6 +179,87 @@ class PreparedSender:
         p.loop.call_later(ABORT_AFTER_S, p.transport.abort)
 
 
+class Parked:
+    """The receive side of a parked connection: no queue, one finish on the first disconnect.
+
+    Stands in for uvicorn's queue (put_nowait, empty), which every path of a closing connection
+    feeds a websocket.disconnect (peer close, our close, shutdown's 1012, connection_lost): the
+    first one's code is the connection's, as the app's receive() would have returned it.
+    """
+
+    __slots__ = ("_closers", "_ctx", "_finish", "_loop", "_tasks", "code")
+
+    def __init__(
+        self,
+        finish: Callable[[int], Awaitable[None]],
+        loop: asyncio.AbstractEventLoop,
+        tasks: set[asyncio.Task[None]],
+    ) -> None:
+        self._finish = finish
+        # The app's context (request id for logs) for the finish and the close callbacks.
+        self._ctx = contextvars.copy_context()
+        self._loop = loop
+        self._tasks = tasks
+        self._closers: list[Callable[[int], None]] | None = None
+        self.code: int | None = None
+
+    def empty(self) -> bool:
+        return True
+
+    def put_nowait(self, message: Any) -> None:
+        if message["type"] != "websocket.disconnect" or self.code is not None:
+            return  # a parked app reads nothing
+        self.code = code = message.get("code", 1005)
+        for callback in self._closers or ():
+            self._ctx.run(callback, code)
+        self._closers = None
+        # In uvicorn's task set: a graceful shutdown waits for it as for an ASGI task.
+        task = self._loop.create_task(self._run_finish(code), context=self._ctx)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def on_close(self, callback: Callable[[int], None]) -> None:
+        if self.code is not None:
+            self._ctx.run(callback, self.code)
+        else:
+            if self._closers is None:
+                self._closers = []
+            self._closers.append(callback)
+
+    async def _run_finish(self, code: int) -> None:
+        try:
+            await self._finish(code)
+        except Exception:
+            log.exception("finishing a parked connection failed")
+
+
+class Parking:
+    """What the app sees in scope["extensions"]["streamcore.park"]."""
+
+    __slots__ = ("_proto",)
+
+    def __init__(self, proto: StreamWebSocketProtocol) -> None:
+        self._proto = proto
+
+    def park(self, finish: Callable[[int], Awaitable[None]]) -> None:
+        """Keep the socket open when the app returns; await `finish(close_code)` once it closes.
+
+        Call it after the accept, then return: messages from the client are dropped from then on
+        (pings, pongs and closes are still answered by the protocol).
+        """
+        self._proto.park(finish)
+
+    @property
+    def parked(self) -> bool:
+        return isinstance(self._proto.queue, Parked)
+
+    def on_close(self, callback: Callable[[int], None]) -> None:
+        """Call `callback(close_code)` when a parked connection closes (now if it has)."""
+        queue = self._proto.queue
+        assert isinstance(queue, Parked), "on_close is for a parked connection"
+        queue.on_close(callback)
+
+
 class StreamWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol plus the prepared-frame extension, kept lean."""
 
@@ -211,6 +305,47 @@ class StreamWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)
         if scope is not None:
             scope["extensions"][EXTENSION] = PreparedSender(self)
+            scope["extensions"][PARKING] = Parking(self)
+
+    def park(self, finish: Callable[[int], Awaitable[None]]) -> None:
+        if not self.handshake_complete or isinstance(self.queue, Parked):
+            raise RuntimeError("park a connection once, after websocket.accept")
+        waiting, parked = self.queue, Parked(finish, self.loop, self.tasks)
+        self.queue = parked  # type: ignore[assignment]
+        # What arrived before the park: a disconnect among it finishes at once.
+        while not waiting.empty():
+            parked.put_nowait(waiting.get_nowait())
+        if self.read_paused:  # a message had paused reading; nobody will take it now
+            self.read_paused = False
+            self.transport.resume_reading()
+
+    def send_receive_event_to_app(self) -> None:
+        if isinstance(self.queue, Parked):
+            self.frames = []  # parked: nobody reads, and reading must not pause
+            return
+        super().send_receive_event_to_app()
+
+    async def run_asgi(self) -> None:
+        # uvicorn's run_asgi closes the transport when the app returns; a parked one stays open.
+        try:
+            result = await self.app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            pass
+        except BaseException:
+            self.logger.exception("Exception in ASGI application\n")
+            self.send_500_response()
+        else:
+            if isinstance(self.queue, Parked) and result is None:
+                # The scope (headers, query string, the app's state copy) was the app's.
+                self.__dict__.pop("scope", None)
+                return
+            if not self.handshake_complete:
+                self.logger.error("ASGI callable returned without completing handshake.")
+                self.send_500_response()
+            elif result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+        if self.close_timer is None:
+            self.transport.close()
 
 
 def _at_frame_boundary(conn: Any) -> bool:

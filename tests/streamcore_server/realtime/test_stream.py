@@ -314,3 +314,27 @@ async def test_a_stream_token_is_verified_once_however_it_arrives(srv: Any, wher
         assert calls == [t["token"]]  # the middleware's one verification serves the endpoint
     finally:
         tokens.verify_token = verify
+
+
+async def test_an_idle_stream_is_parked_and_ends_as_a_stream_does(srv: Any) -> None:
+    # Parked: no ASGI task per idle stream; the close still unsubscribes and frees the lease.
+    t = await srv.tenant()
+    user = t["users"][0]
+
+    async def no_task() -> bool:
+        return not srv.uv.server_state.tasks
+
+    async def gone() -> bool:
+        return not srv.hub.connections and not srv.uv.server_state.tasks
+
+    async with await open_ws(srv.ws, t["token"]) as ws:
+        await hello(ws)
+        (conn,) = srv.hub.connections
+        await eventually_async(no_task, "the stream's ASGI task returned")
+        assert conn._send_bytes is None and srv.app.state.caps.counts(user, t["org"]) == (1, 1)
+        r = await publish(srv.http, t["token"], [{"type": "n", "conflatable": False, "data": 1}])
+        assert r.status_code == 202
+        (frame,) = await frames_until(ws, 1)
+        assert frame.events[0]["data"] == 1
+    await eventually_async(gone, "the parked stream finished")
+    assert srv.app.state.caps.counts(user, t["org"]) == (0, 0)

@@ -20,8 +20,10 @@ from websockets.server import ServerProtocol
 
 from streamcore_server.realtime.ws_protocol import (
     EXTENSION,
+    PARKING,
     Flag,
     Inbox,
+    Parked,
     StreamWebSocketProtocol,
     _at_frame_boundary,
     ws_header,
@@ -200,3 +202,110 @@ async def test_flag_wait_returns_once_set_and_a_cancelled_waiter_is_dropped() ->
     assert not flag.is_set()
     flag.set()
     assert await flag.wait() is True
+
+
+class ParkingApp:
+    """Accept, park, return: the socket lives on with no ASGI task; finishes are recorded."""
+
+    def __init__(self) -> None:
+        self.finished: asyncio.Queue[int] = asyncio.Queue()
+        self.closed: list[int] = []
+        self.protocols: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert (await receive())["type"] == "websocket.connect"
+        await send({"type": "websocket.accept"})
+        parking = scope["extensions"][PARKING]
+        self.protocols.append(scope["extensions"][EXTENSION])
+
+        async def finish(code: int) -> None:
+            await self.finished.put(code)
+
+        parking.park(finish)
+        parking.on_close(self.closed.append)
+        assert parking.parked
+
+
+@pytest.fixture
+async def parking() -> AsyncIterator[tuple[ParkingApp, uvicorn.Server, str]]:
+    app = ParkingApp()
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        ws="streamcore_server.realtime.ws_protocol:StreamWebSocketProtocol",
+        ws_per_message_deflate=False,
+        ws_ping_interval=0.05,
+        ws_ping_timeout=5.0,
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 10
+    while not server.started:
+        assert not task.done() and asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    yield app, server, f"ws://127.0.0.1:{port}/ws"
+    server.should_exit = True
+    await asyncio.wait_for(task, 15)
+
+
+async def test_a_parked_connection_has_no_task_and_still_pings_and_takes_frames(
+    parking: Any,
+) -> None:
+    app, server, url = parking
+    async with connect(url, compression=None, ping_interval=None) as ws:
+        await until(lambda: app.protocols and not server.server_state.tasks)
+        proto = only_protocol(server)
+        assert isinstance(proto.queue, Parked) and "scope" not in vars(proto)
+        for i in range(50):  # dropped, and reading never pauses
+            await ws.send(f"ignored {i}")
+        pong = await ws.ping(b"abcd")
+        await asyncio.wait_for(pong, 5)
+        await until(lambda: proto.last_ping_rtt > 0)  # the server's own keepalive
+        assert app.protocols[0].send(ws_header(3) + b"abc")
+        assert await asyncio.wait_for(ws.recv(), 5) == b"abc"
+        assert app.finished.empty() and not app.closed
+        await ws.close(1000, "bye")
+    assert await asyncio.wait_for(app.finished.get(), 5) == 1000
+    assert app.closed == [1000]
+    await until(lambda: not server.server_state.connections and not server.server_state.tasks)
+
+
+async def test_a_parked_connection_closed_by_the_server_finishes_with_that_code(
+    parking: Any,
+) -> None:
+    app, server, url = parking
+    async with connect(url, compression=None) as ws:
+        await until(lambda: app.protocols and not server.server_state.tasks)
+        app.protocols[0].close_now(4002, "go away")
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_code == 4002
+    assert await asyncio.wait_for(app.finished.get(), 5) == 4002
+    await until(lambda: not server.server_state.connections)
+
+
+async def test_shutdown_closes_a_parked_connection_with_1012_and_waits_for_its_finish(
+    parking: Any,
+) -> None:
+    app, server, url = parking
+    async with connect(url, compression=None) as ws:
+        await until(lambda: app.protocols and not server.server_state.tasks)
+        server.should_exit = True
+        await asyncio.wait_for(ws.wait_closed(), 10)
+        assert ws.close_code == 1012
+    assert await asyncio.wait_for(app.finished.get(), 5) == 1012
+
+
+async def test_parking_twice_or_before_the_accept_is_refused() -> None:
+    proto = StreamWebSocketProtocol.__new__(StreamWebSocketProtocol)
+    proto.handshake_complete = False
+    proto.queue = Inbox()  # type: ignore[assignment]
+    with pytest.raises(RuntimeError):
+        proto.park(lambda code: asyncio.sleep(0))
