@@ -6,7 +6,6 @@ Money is integer minor units end to end; totals are grouped by currency in SQL.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import sqlite3
@@ -398,8 +397,14 @@ class Ledger:
         return version, totals
 
     def _run_batch(self, engine: AsyncEngine) -> Callable[[list[Any]], Any]:
-        async def run(batch: list[tuple[tuple[Any, ...], Any]]) -> list[Any] | None:
-            """Write a batch of one property's entries; None if it is not the org's."""
+        async def run(batch: list[tuple[tuple[Any, ...], Any]]) -> list[Any]:
+            """Write a batch of one property's entries; NotFound if it is not the org's."""
+            out = await write(batch)
+            if out is None:  # nothing was written: not a property of this org
+                raise NotFound("Property not found.")
+            return out
+
+        async def write(batch: list[tuple[tuple[Any, ...], Any]]) -> list[Any] | None:
             if all(keyed is None for _, keyed in batch):
                 if len(batch) == 1:
                     # One statement is its own transaction: no BEGIN or COMMIT round trips, and
@@ -747,63 +752,13 @@ def _replay(
     return out
 
 
-class _Combiner:
-    """Writers of one property take turns on its row anyway (locked until COMMIT has flushed
-    the WAL), so those arriving while one is in flight queue and go as one statement.
-
-    One task per busy property runs the batches in arrival order (up to MAX_BATCH); a writer
-    is answered once its batch's statement has returned, i.e. committed. A batch fails or
-    succeeds as a whole: every entry in it is the same org's write to the same property.
-    """
-
-    MAX_BATCH = 64
-
-    def __init__(self) -> None:
-        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
-        self._running: dict[Any, asyncio.Task[None]] = {}
-        self.statements = 0  # tests read the sharing from these
-        self.writes = 0
-
-    async def write(self, key: Any, args: Any, run: Callable[[list[Any]], Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(key, []).append((args, future))
-        if key not in self._running:
-            self._running[key] = asyncio.create_task(self._drain(key, run))
-        return await future
-
-    async def _drain(self, key: Any, run: Callable[[list[Any]], Any]) -> None:
-        try:
-            while queued := self._queues.pop(key, None):
-                batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
-                if rest:
-                    self._queues[key] = rest + self._queues.get(key, [])
-                self.statements += 1
-                self.writes += len(batch)
-                try:
-                    results = await run([args for args, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for i, (_, future) in enumerate(batch):
-                    if future.done():  # the waiter was cancelled; its entry stays committed
-                        continue
-                    if results is None:  # nothing was written: not a property of this org
-                        future.set_exception(NotFound("Property not found."))
-                    else:
-                        future.set_result(results[i])
-        finally:
-            del self._running[key]
+_combiners: weakref.WeakKeyDictionary[AsyncEngine, storage.Combiner] = weakref.WeakKeyDictionary()
 
 
-_combiners: weakref.WeakKeyDictionary[AsyncEngine, _Combiner] = weakref.WeakKeyDictionary()
-
-
-def _combiner(engine: AsyncEngine) -> _Combiner:
+def _combiner(engine: AsyncEngine) -> storage.Combiner:
     found = _combiners.get(engine)
     if found is None:
-        found = _combiners[engine] = _Combiner()
+        found = _combiners[engine] = storage.Combiner()
     return found
 
 

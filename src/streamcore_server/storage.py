@@ -572,3 +572,49 @@ def create_replica_engine(replica_url: str) -> AsyncEngine:
         hide_parameters=True,
         connect_args={"timeout": REPLICA_CONNECT_TIMEOUT_S},
     )
+
+
+class Combiner:
+    """Statements that take turns anyway (one property's row, locked until COMMIT has flushed
+    the WAL; or one process's claims) go as one: those arriving while one is in flight queue.
+
+    One task per busy key runs the batches in arrival order (up to MAX_BATCH); a caller is
+    answered once its batch's statement has returned, i.e. committed. run(batch) answers one
+    result per item, in order, or raises for the whole batch.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self) -> None:
+        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._running: dict[Any, asyncio.Task[None]] = {}
+        self.statements = 0  # tests read the sharing from these
+        self.writes = 0
+
+    async def write(self, key: Any, args: Any, run: Callable[[list[Any]], Awaitable[Any]]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((args, future))
+        if key not in self._running:
+            self._running[key] = asyncio.create_task(self._drain(key, run))
+        return await future
+
+    async def _drain(self, key: Any, run: Callable[[list[Any]], Awaitable[Any]]) -> None:
+        try:
+            while queued := self._queues.pop(key, None):
+                batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
+                if rest:
+                    self._queues[key] = rest + self._queues.get(key, [])
+                self.statements += 1
+                self.writes += len(batch)
+                try:
+                    results = await run([args for args, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # else the waiter was cancelled; its write stands
+                        future.set_result(result)
+        finally:
+            del self._running[key]
