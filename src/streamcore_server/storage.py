@@ -414,6 +414,9 @@ class GroupCommit:
             self._leader = None
 
     async def _batch(self) -> None:
+        if all(sync for _, sync, _ in self._pending[: self.MAX_BATCH]):
+            await self._sync_batch()
+            return
         done: list[tuple[asyncio.Future[Any], bool, Any]] = []
         current: list[asyncio.Future[Any]] = []
         try:
@@ -473,6 +476,40 @@ class GroupCommit:
         self.jobs += len(done)
         for future, ok, value in done:
             _settle(future, ok, value)
+
+    async def _sync_batch(self) -> None:
+        """A batch of sync jobs only: BEGIN, the jobs and COMMIT in one hop to the thread."""
+        batch = self._pending[: self.MAX_BATCH]
+        del self._pending[: self.MAX_BATCH]
+        jobs: list[SyncJob[Any]] = [job for job, _, _ in batch]  # type: ignore[misc]
+        try:
+            async with self.engine.connect() as conn:
+                outcomes = await _on_sqlite_thread(conn, _run_sync_batch, jobs)
+        except BaseException as exc:
+            # BEGIN or COMMIT failed: nothing of this batch is stored.
+            failed = exc if isinstance(exc, Exception) else RuntimeError("write batch cancelled")
+            for _, _, future in batch:
+                _settle(future, False, failed)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        self.jobs += len(batch)
+        for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+            _settle(future, ok, value)
+
+
+def _run_sync_batch(db: sqlite3.Connection, jobs: list[SyncJob[Any]]) -> list[tuple[bool, Any]]:
+    """On the driver's thread: one transaction around the jobs, committed before returning."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = _run_sync_jobs(db, jobs)
+        db.commit()
+    except BaseException:
+        # Ended here either way: the pooled connection's next user must not inherit it.
+        db.rollback()
+        raise
+    return outcomes
 
 
 def _run_sync_jobs(db: sqlite3.Connection, jobs: list[SyncJob[Any]]) -> list[tuple[bool, Any]]:
