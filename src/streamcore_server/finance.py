@@ -366,8 +366,8 @@ class Ledger:
     ) -> tuple[int, list[dict[str, Any]]]:
         """One statement checks, inserts and moves the totals; a claim adds its own upsert.
 
-        Without a claim, writers of one property arriving while one is in flight share the
-        next statement (_Combiner); a keyed write goes alone, with its record.
+        Writers of one property arriving while one is in flight share the next statement
+        (storage.Combiner), keyed or not; a keyed one's record goes in the same statement.
         """
         args = self._args(org_id, record)
         key = (self.kind, org_id, record["propertyId"])
@@ -418,7 +418,9 @@ class Ledger:
                 return await self._write_many(engine, [args for args, _ in batch])
             # One record per (user, key) per statement (ON CONFLICT touches a row once): a
             # repeated key, which only a lapsed lease lets through, waits for the next one.
-            first, later, seen = [], [], set()
+            first: list[int] = []
+            later: list[int] = []
+            seen: set[tuple[Any, Any]] = set()
             for i, (_, keyed) in enumerate(batch):
                 name = None if keyed is None else (keyed[0], keyed[1])
                 (later if name in seen else first).append(i)

@@ -326,6 +326,18 @@ class _DriverStatement:
 _PG_DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 # _upsert(completed=False) for a batch of keys, in key order (two batches cannot deadlock on
 # them); each row's created_ms is its "now". Returns the keys won.
+_PG_CLAIM_COLUMNS = (
+    "org_id",
+    "user_id",
+    "key",
+    "fingerprint",
+    "method",
+    "route",
+    "claim_token",
+    "claimed_until_ms",
+    "created_ms",
+    "expires_ms",
+)
 _PG_CLAIM_MANY = f"""
 INSERT INTO idempotency_records AS r (org_id, user_id, key, fingerprint, method, route, state,
     claim_token, claimed_until_ms, status, headers, body, created_ms, expires_ms)
@@ -424,8 +436,7 @@ class DatabaseStore:
 
     async def _claim_rows(self, batch: list[dict[str, Any]]) -> list[Any]:
         """Claim a batch of keys in one autocommitted statement; a row per key won, else None."""
-        names = ("org_id", "user_id", "key", "fingerprint", "method", "route", "claim_token")
-        names += ("claimed_until_ms", "created_ms", "expires_ms")
+        names = _PG_CLAIM_COLUMNS
         first: dict[tuple[Any, ...], int] = {}
         for i, v in enumerate(batch):
             # A key twice in one batch: the first claims it, the other then finds that claim.

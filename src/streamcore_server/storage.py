@@ -369,8 +369,8 @@ class GroupCommit:
 
     A job is either async (run(job), statements through SQLAlchemy, one hop to the driver's
     thread each) or sync (run_sync(job), plain sqlite3 calls): consecutive sync jobs run in
-    one hop to that thread, savepoints included, so a batch of them costs three hops in all
-    (BEGIN, the jobs, COMMIT) where each statement used to cost one.
+    one hop to that thread, savepoints included, and a batch of sync jobs only runs BEGIN and
+    COMMIT in that same hop too.
     """
 
     MAX_BATCH = 64
