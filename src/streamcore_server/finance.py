@@ -6,7 +6,6 @@ Money is integer minor units end to end; totals are grouped by currency in SQL.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import sqlite3
@@ -295,6 +294,7 @@ class Ledger:
         self._pg_write = _postgres_write(table.name, self.date.name)
         self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
         self._pg_write_many = _postgres_write_many(table.name, self.date.name)
+        self._pg_keyed_write_many = _postgres_keyed_write_many(table.name, self.date.name)
 
     def record(self, row: Any) -> dict[str, Any]:
         return {
@@ -366,52 +366,111 @@ class Ledger:
     ) -> tuple[int, list[dict[str, Any]]]:
         """One statement checks, inserts and moves the totals; a claim adds its own upsert.
 
-        Without a claim, writers of one property arriving while one is in flight share the
-        next statement (_Combiner); a keyed write goes alone, with its record.
+        Writers of one property arriving while one is in flight share the next statement
+        (storage.Combiner), keyed or not; a keyed one's record goes in the same statement.
         """
         args = self._args(org_id, record)
+        key = (self.kind, org_id, record["propertyId"])
         if claim is None:
             # Writers of one property queue behind the one in flight and go as one statement.
             version, totals, id_ = await _combiner(engine).write(
-                (self.kind, org_id, record["propertyId"]), args, self._run_batch(engine)
+                key, (args, None), self._run_batch(engine)
             )
             record["id"] = id_
             return version, totals
-        # The key's record is written by the same statement, so it commits with the entry:
-        # a retry can never write it twice. Its body is the response's, whose id (first in
-        # the record) is the one the statement draws for the entry.
+        # The key's record is written by the same statement as the entry, so it commits with
+        # it: a retry can never write it twice. Its body is the response's, whose id (first in
+        # the record) is the one the statement draws for the entry. Keyed writes queue with the
+        # plain ones: a batch writes each record and only the entries whose record was won.
         response = OrjsonResponse(record, status_code=201)
         body = bytes(response.body)
         assert body.startswith(_ID_PLACEHOLDER)
         stored = idempotency.Stored.of(201, response.raw_headers, body)
-        keyed = (*args, *claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
-        async with storage.single_statement(engine) as db:
-            row = await db.fetchrow(self._pg_keyed_write, *keyed)
-        if not row["owned"]:
-            raise NotFound("Property not found.")
-        if row["claimed"]:
-            record["id"] = row["id"]
-            body = b'{"id":%d%s' % (row["id"], body[len(_ID_PLACEHOLDER) :])
-            stored = idempotency.Stored(201, stored.headers, body)
-        claim.completed_in_statement(stored, bool(row["claimed"]))
-        record["id"] = row["id"]
-        return row["version"], _totals(row["totals"])
+        keyed = (*claim.completed_args(stored), body[len(_ID_PLACEHOLDER) :])
+        outcome = await _combiner(engine).write(key, (args, keyed), self._run_batch(engine))
+        if outcome is _LOST:
+            claim.completed_in_statement(stored, False)  # raises RecordExists
+        version, totals, id_ = outcome
+        record["id"] = id_
+        body = b'{"id":%d%s' % (id_, body[len(_ID_PLACEHOLDER) :])
+        claim.completed_in_statement(idempotency.Stored(201, stored.headers, body), True)
+        return version, totals
 
-    def _run_batch(self, engine: AsyncEngine) -> Callable[[list[tuple[Any, ...]]], Any]:
-        async def run(batch: list[tuple[Any, ...]]) -> list[tuple[int, Any, int]] | None:
-            """Write a batch of one property's entries; None if it is not the org's."""
-            if len(batch) == 1:
-                # One statement is its own transaction: no BEGIN or COMMIT round trips, and the
-                # property's row is locked only while PostgreSQL runs it. asyncpg itself runs
-                # it, prepared once per connection, bypassing SQLAlchemy's execution layer.
-                async with storage.single_statement(engine) as db:
-                    row = await db.fetchrow(self._pg_write, *batch[0])
-                if row is None:
+    def _run_batch(self, engine: AsyncEngine) -> Callable[[list[Any]], Any]:
+        async def run(batch: list[tuple[tuple[Any, ...], Any]]) -> list[Any]:
+            """Write a batch of one property's entries; NotFound if it is not the org's."""
+            out = await write(batch)
+            if out is None:  # nothing was written: not a property of this org
+                raise NotFound("Property not found.")
+            return out
+
+        async def write(batch: list[tuple[tuple[Any, ...], Any]]) -> list[Any] | None:
+            if all(keyed is None for _, keyed in batch):
+                if len(batch) == 1:
+                    # One statement is its own transaction: no BEGIN or COMMIT round trips, and
+                    # the property's row is locked only while PostgreSQL runs it. asyncpg runs
+                    # it, prepared once per connection, bypassing SQLAlchemy's execution layer.
+                    async with storage.single_statement(engine) as db:
+                        row = await db.fetchrow(self._pg_write, *batch[0][0])
+                    if row is None:
+                        return None
+                    return [(row["version"], _totals(row["totals"]), row["id"])]
+                return await self._write_many(engine, [args for args, _ in batch])
+            # One record per (user, key) per statement (ON CONFLICT touches a row once): a
+            # repeated key, which only a lapsed lease lets through, waits for the next one.
+            first: list[int] = []
+            later: list[int] = []
+            seen: set[tuple[Any, Any]] = set()
+            for i, (_, keyed) in enumerate(batch):
+                name = None if keyed is None else (keyed[0], keyed[1])
+                (later if name in seen else first).append(i)
+                if name is not None:
+                    seen.add(name)
+            out: list[Any] = [None] * len(batch)
+            for group in (first, *([i] for i in later)):
+                results = await self._write_keyed(engine, [batch[i] for i in group])
+                if results is None:
                     return None
-                return [(row["version"], _totals(row["totals"]), row["id"])]
-            return await self._write_many(engine, batch)
+                for i, result in zip(group, results, strict=True):
+                    out[i] = result
+            return out
 
         return run
+
+    async def _write_keyed(
+        self, engine: AsyncEngine, batch: list[tuple[tuple[Any, ...], Any]]
+    ) -> list[Any] | None:
+        """Entries with or without a key's record in one statement; _LOST where it was taken."""
+        if len(batch) == 1:
+            args, keyed = batch[0]
+            async with storage.single_statement(engine) as db:
+                row = await db.fetchrow(self._pg_keyed_write, *args, *keyed)
+            if not row["owned"]:
+                return None
+            if not row["claimed"]:
+                return [_LOST]
+            return [(row["version"], _totals(row["totals"]), row["id"])]
+        none = (None,) * _KEYED_ARGS
+        entries = list(zip(*(args for args, _ in batch), strict=True))
+        records = list(zip(*(keyed or none for _, keyed in batch), strict=True))
+        async with storage.single_statement(engine) as db:
+            row = await db.fetchrow(
+                self._pg_keyed_write_many,
+                batch[0][0][0],
+                batch[0][0][1],
+                *(list(entries[i]) for i in range(2, 12)),
+                *(list(column) for column in records),
+            )
+        if not row["owned"]:
+            return None
+        out: list[Any] = [_LOST] * len(batch)
+        if row["version"] is None:  # every record was taken: nothing moved
+            return out
+        won = [ord_ - 1 for ord_ in row["ords"]]
+        replayed = _replay([batch[i][0] for i in won], row["version"], row["totals"], row["ids"])
+        for i, result in zip(won, replayed, strict=True):
+            out[i] = result
+        return out
 
     async def _write_many(
         self, engine: AsyncEngine, batch: list[tuple[Any, ...]]
@@ -442,21 +501,7 @@ class Ledger:
             )
         if row is None:
             return None
-        final: dict[str, list[int]] = orjson.loads(row["totals"])
-        state = {c: list(v) for c, v in final.items()}
-        for c, (e, r) in sums.items():
-            state[c] = [state[c][0] - e, state[c][1] - r]
-            if state[c] == [0, 0]:  # amounts are > 0: a key at zero is one the batch created
-                del state[c]
-        ids = sorted(row["ids"])
-        first = row["version"] - len(batch) + 1
-        out = []
-        for i, a in enumerate(batch):
-            step = state.setdefault(a[4], [0, 0])
-            step[0] += a[10]
-            step[1] += a[11]
-            out.append((first + i, _totals({c: list(v) for c, v in state.items()}), ids[i]))
-        return out
+        return _replay(batch, row["version"], row["totals"], sorted(row["ids"]))
 
     async def _store_sqlite(
         self,
@@ -679,67 +724,49 @@ FROM bump
 """
 
 
-class _Combiner:
-    """Writers of one property take turns on its row anyway (locked until COMMIT has flushed
-    the WAL), so those arriving while one is in flight queue and go as one statement.
+def _replay(
+    batch: list[tuple[Any, ...]], version: int, totals: str, ids: list[int]
+) -> list[tuple[int, list[dict[str, Any]], int]]:
+    """Each entry's own version and totals, replayed from the state before the batch.
 
-    One task per busy property runs the batches in arrival order (up to MAX_BATCH); a writer
-    is answered once its batch's statement has returned, i.e. committed. A batch fails or
-    succeeds as a whole: every entry in it is the same org's write to the same property.
+    The version moved by len(batch) and the snapshot by the batch's sums per currency; each
+    entry's are replayed from the state before it, in the order the writers arrived, as if each
+    had run alone. ids are the entries' ids in that order.
     """
-
-    MAX_BATCH = 64
-
-    def __init__(self) -> None:
-        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
-        self._running: dict[Any, asyncio.Task[None]] = {}
-        self.statements = 0  # tests read the sharing from these
-        self.writes = 0
-
-    async def write(self, key: Any, args: Any, run: Callable[[list[Any]], Any]) -> Any:
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queues.setdefault(key, []).append((args, future))
-        if key not in self._running:
-            self._running[key] = asyncio.create_task(self._drain(key, run))
-        return await future
-
-    async def _drain(self, key: Any, run: Callable[[list[Any]], Any]) -> None:
-        try:
-            while queued := self._queues.pop(key, None):
-                batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
-                if rest:
-                    self._queues[key] = rest + self._queues.get(key, [])
-                self.statements += 1
-                self.writes += len(batch)
-                try:
-                    results = await run([args for args, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for i, (_, future) in enumerate(batch):
-                    if future.done():  # the waiter was cancelled; its entry stays committed
-                        continue
-                    if results is None:  # nothing was written: not a property of this org
-                        future.set_exception(NotFound("Property not found."))
-                    else:
-                        future.set_result(results[i])
-        finally:
-            del self._running[key]
+    sums: dict[str, list[int]] = {}
+    for a in batch:
+        acc = sums.setdefault(a[4], [0, 0])
+        acc[0] += a[10]
+        acc[1] += a[11]
+    final: dict[str, list[int]] = orjson.loads(totals)
+    state = {c: list(v) for c, v in final.items()}
+    for c, (e, r) in sums.items():
+        state[c] = [state[c][0] - e, state[c][1] - r]
+        if state[c] == [0, 0]:  # amounts are > 0: a key at zero is one the batch created
+            del state[c]
+    first = version - len(batch) + 1
+    out = []
+    for i, a in enumerate(batch):
+        step = state.setdefault(a[4], [0, 0])
+        step[0] += a[10]
+        step[1] += a[11]
+        out.append((first + i, _totals({c: list(v) for c, v in state.items()}), ids[i]))
+    return out
 
 
-_combiners: weakref.WeakKeyDictionary[AsyncEngine, _Combiner] = weakref.WeakKeyDictionary()
+_combiners: weakref.WeakKeyDictionary[AsyncEngine, storage.Combiner] = weakref.WeakKeyDictionary()
 
 
-def _combiner(engine: AsyncEngine) -> _Combiner:
+def _combiner(engine: AsyncEngine) -> storage.Combiner:
     found = _combiners.get(engine)
     if found is None:
-        found = _combiners[engine] = _Combiner()
+        found = _combiners[engine] = storage.Combiner()
     return found
 
 
 _ID_PLACEHOLDER = b'{"id":0'
+_LOST = object()  # a keyed entry whose record another request holds: not written
+_KEYED_ARGS = 11  # Claim.completed_args and the body after the id
 
 
 def _postgres_keyed_write(table: str, date_column: str) -> str:
@@ -784,6 +811,78 @@ WITH owner AS (
 SELECT (SELECT count(*) FROM owner) AS owned, (SELECT count(*) FROM rec) AS claimed,
        entry.id, bump.totals_version AS version, bump.totals::text AS totals
 FROM (SELECT 1) AS one LEFT JOIN entry ON true LEFT JOIN bump ON true
+"""
+
+
+def _postgres_keyed_write_many(table: str, date_column: str) -> str:
+    """_postgres_keyed_write for a batch of one property's entries, some with a key's record.
+
+    $1 property, $2 org; $3-$12 the entries' columns as arrays (_args from category on); $13-$23
+    Claim.completed_args and the body after the id as arrays, NULL for an entry without a key.
+    Records are upserted in key order (two batches cannot deadlock on them) with
+    _postgres_keyed_write's takeover rule; only entries whose record was won, and those without
+    a key, are written, and the version and totals move by them alone. ords and ids are theirs.
+    """
+    return f"""
+WITH owner AS (
+    SELECT id FROM properties WHERE id = $1::bigint AND org_id = $2::bigint FOR UPDATE
+), ids AS (
+    SELECT e.*, nextval(pg_get_serial_sequence('{table}', 'id')) AS id
+    FROM owner, unnest($3::text[], $4::bigint[], $5::text[], $6::text[], $7::timestamptz[],
+        $8::text[], $9::timestamptz[], $10::bigint[], $11::bigint[], $12::bigint[],
+        $13::bigint[], $14::varchar[], $15::varchar[], $16::varchar[], $17::varchar[],
+        $18::integer[], $19::bytea[], $20::bigint[], $21::bigint[], $22::varchar[], $23::bytea[])
+        WITH ORDINALITY AS e(category, amount, currency, description, day, mode, created,
+            author, expense, revenue, user_id, key, fingerprint, method, route, status, headers,
+            now_ms, expires_ms, token, rest, ord)
+), rec AS (
+    INSERT INTO idempotency_records AS r (org_id, user_id, key, fingerprint, method, route,
+        state, claim_token, claimed_until_ms, status, headers, body, created_ms, expires_ms)
+    SELECT $2::bigint, user_id, key, fingerprint, method, route, '{idempotency.COMPLETED}',
+        NULL, NULL, status, headers, convert_to('{{"id":' || id::text, 'UTF8') || rest,
+        now_ms, expires_ms
+    FROM ids WHERE key IS NOT NULL ORDER BY user_id, key
+    ON CONFLICT (org_id, user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+        method = excluded.method, route = excluded.route, state = excluded.state,
+        claim_token = NULL, claimed_until_ms = NULL, status = excluded.status,
+        headers = excluded.headers, body = excluded.body, created_ms = excluded.created_ms,
+        expires_ms = excluded.expires_ms
+    WHERE r.expires_ms <= excluded.created_ms OR (r.state = '{idempotency.IN_FLIGHT}'
+        AND (r.claimed_until_ms <= excluded.created_ms OR r.claim_token = (
+            SELECT token FROM ids WHERE ids.user_id = excluded.user_id AND ids.key = excluded.key)))
+    RETURNING user_id, key
+), won AS (
+    SELECT * FROM ids WHERE key IS NULL
+        OR EXISTS (SELECT 1 FROM rec WHERE rec.user_id = ids.user_id AND rec.key = ids.key)
+), sums AS (
+    SELECT currency, sum(expense)::bigint AS e, sum(revenue)::bigint AS r FROM won
+    GROUP BY currency
+), bump AS (
+    UPDATE properties SET totals_version = totals_version + (SELECT count(*) FROM won),
+        totals = totals || (
+            SELECT jsonb_object_agg(s.currency, jsonb_build_array(
+                COALESCE((properties.totals -> s.currency ->> 0)::bigint, 0) + s.e,
+                COALESCE((properties.totals -> s.currency ->> 1)::bigint, 0) + s.r))
+            FROM sums AS s)
+    WHERE id = $1::bigint AND org_id = $2::bigint AND EXISTS (SELECT 1 FROM won)
+    RETURNING id, totals_version, totals
+), entry AS (
+    INSERT INTO {table} (id, org_id, property_id, category, amount_cents, currency, description,
+                         {date_column}, payment_mode, created_at, created_by)
+    SELECT won.id, $2::bigint, bump.id, won.category, won.amount, won.currency,
+           won.description, won.day, won.mode, won.created, won.author
+    FROM bump, won ORDER BY won.ord
+), moved AS (
+    INSERT INTO property_totals AS t (property_id, currency, expenses_cents, revenues_cents)
+    SELECT bump.id, s.currency, s.e, s.r FROM bump, sums AS s
+    ON CONFLICT (property_id, currency) DO UPDATE
+    SET expenses_cents = t.expenses_cents + excluded.expenses_cents,
+        revenues_cents = t.revenues_cents + excluded.revenues_cents
+)
+SELECT (SELECT count(*) FROM owner) AS owned, bump.totals_version AS version,
+       bump.totals::text AS totals, (SELECT array_agg(ord ORDER BY ord) FROM won) AS ords,
+       (SELECT array_agg(id ORDER BY ord) FROM won) AS ids
+FROM (SELECT 1) AS one LEFT JOIN bump ON true
 """
 
 

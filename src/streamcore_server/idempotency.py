@@ -324,7 +324,36 @@ class _DriverStatement:
 
 
 _PG_DIALECT = asyncpg_dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
-_PG_CLAIM = _DriverStatement(_UPSERTS[("postgresql", False)], _PG_DIALECT)
+# _upsert(completed=False) for a batch of keys, in key order (two batches cannot deadlock on
+# them); each row's created_ms is its "now". Returns the keys won.
+_PG_CLAIM_COLUMNS = (
+    "org_id",
+    "user_id",
+    "key",
+    "fingerprint",
+    "method",
+    "route",
+    "claim_token",
+    "claimed_until_ms",
+    "created_ms",
+    "expires_ms",
+)
+_PG_CLAIM_MANY = f"""
+INSERT INTO idempotency_records AS r (org_id, user_id, key, fingerprint, method, route, state,
+    claim_token, claimed_until_ms, status, headers, body, created_ms, expires_ms)
+SELECT o, u, k, f, m, rt, '{IN_FLIGHT}', tok, until, NULL, NULL, NULL, now_ms, exp
+FROM unnest($1::bigint[], $2::bigint[], $3::varchar[], $4::varchar[], $5::varchar[],
+    $6::varchar[], $7::varchar[], $8::bigint[], $9::bigint[], $10::bigint[])
+    AS c(o, u, k, f, m, rt, tok, until, now_ms, exp)
+ORDER BY o, u, k
+ON CONFLICT (org_id, user_id, key) DO UPDATE SET fingerprint = excluded.fingerprint,
+    method = excluded.method, route = excluded.route, state = excluded.state,
+    claim_token = excluded.claim_token, claimed_until_ms = excluded.claimed_until_ms,
+    status = NULL, headers = NULL, body = NULL, created_ms = excluded.created_ms,
+    expires_ms = excluded.expires_ms
+WHERE r.expires_ms <= excluded.created_ms
+    OR (r.state = '{IN_FLIGHT}' AND r.claimed_until_ms <= excluded.created_ms)
+RETURNING org_id, user_id, key"""
 _PG_LOOKUP = _DriverStatement(_LOOKUP, _PG_DIALECT)
 _SQLITE_CLAIM = _DriverStatement(_UPSERTS[("sqlite", False)], sqlite.dialect())
 _SQLITE_COMPLETED = _DriverStatement(_UPSERTS[("sqlite", True)], sqlite.dialect())
@@ -346,6 +375,7 @@ class DatabaseStore:
         self.stats = stats
         self.clock = clock  # wall clock (records outlive the process); tests inject their own
         self._next_purge = 0.0
+        self._claims = storage.Combiner()
 
     def now_ms(self) -> int:
         return _ms(self.clock())
@@ -394,9 +424,8 @@ class DatabaseStore:
 
     async def _claim_row(self, values: dict[str, Any]) -> Any:
         if self.engine.dialect.name == "postgresql":
-            # One statement is its own transaction: no BEGIN or COMMIT round trips.
-            async with storage.single_statement(self.engine) as db:
-                return await db.fetchrow(_PG_CLAIM.sql, *_PG_CLAIM.args(values))
+            # Claims arriving while one is in flight go as the next statement, one WAL flush.
+            return await self._claims.write(None, values, self._claim_rows)
         # On SQLite a claim is a job of the writes' group commit: it shares their transaction,
         # fsync and single hop to the driver's thread instead of taking the lock alone.
         args = _SQLITE_CLAIM.args(values)
@@ -404,6 +433,22 @@ class DatabaseStore:
             lambda db: db.execute(_SQLITE_CLAIM.sql, args).fetchall()
         )
         return rows[0] if rows else None
+
+    async def _claim_rows(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Claim a batch of keys in one autocommitted statement; a row per key won, else None."""
+        names = _PG_CLAIM_COLUMNS
+        first: dict[tuple[Any, ...], int] = {}
+        for i, v in enumerate(batch):
+            # A key twice in one batch: the first claims it, the other then finds that claim.
+            first.setdefault((v["org_id"], v["user_id"], v["key"]), i)
+        rows = [batch[i] for i in first.values()]
+        async with storage.single_statement(self.engine) as db:
+            won = await db.fetch(_PG_CLAIM_MANY, *([v[n] for v in rows] for n in names))
+        taken = {(r["org_id"], r["user_id"], r["key"]) for r in won}
+        return [
+            True if first[name] == i and name in taken else None
+            for i, name in enumerate((v["org_id"], v["user_id"], v["key"]) for v in batch)
+        ]
 
     async def lookup(self, c: Claim) -> Replay | Mismatch | InProgress | None:
         """Judge the stored row for this caller and key against the request; None if none."""

@@ -370,8 +370,8 @@ class GroupCommit:
 
     A job is either async (run(job), statements through SQLAlchemy, one hop to the driver's
     thread each) or sync (run_sync(job), plain sqlite3 calls): consecutive sync jobs run in
-    one hop to that thread, savepoints included, so a batch of them costs three hops in all
-    (BEGIN, the jobs, COMMIT) where each statement used to cost one.
+    one hop to that thread, savepoints included, and a batch of sync jobs only runs BEGIN and
+    COMMIT in that same hop too.
     """
 
     MAX_BATCH = 64
@@ -415,6 +415,9 @@ class GroupCommit:
             self._leader = None
 
     async def _batch(self) -> None:
+        if all(sync for _, sync, _ in self._pending[: self.MAX_BATCH]):
+            await self._sync_batch()
+            return
         done: list[tuple[asyncio.Future[Any], bool, Any]] = []
         current: list[asyncio.Future[Any]] = []
         try:
@@ -474,6 +477,40 @@ class GroupCommit:
         self.jobs += len(done)
         for future, ok, value in done:
             _settle(future, ok, value)
+
+    async def _sync_batch(self) -> None:
+        """A batch of sync jobs only: BEGIN, the jobs and COMMIT in one hop to the thread."""
+        batch = self._pending[: self.MAX_BATCH]
+        del self._pending[: self.MAX_BATCH]
+        jobs: list[SyncJob[Any]] = [job for job, _, _ in batch]  # type: ignore[misc]
+        try:
+            async with self.engine.connect() as conn:
+                outcomes = await _on_sqlite_thread(conn, _run_sync_batch, jobs)
+        except BaseException as exc:
+            # BEGIN or COMMIT failed: nothing of this batch is stored.
+            failed = exc if isinstance(exc, Exception) else RuntimeError("write batch cancelled")
+            for _, _, future in batch:
+                _settle(future, False, failed)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        self.commits += 1
+        self.jobs += len(batch)
+        for (_, _, future), (ok, value) in zip(batch, outcomes, strict=True):
+            _settle(future, ok, value)
+
+
+def _run_sync_batch(db: sqlite3.Connection, jobs: list[SyncJob[Any]]) -> list[tuple[bool, Any]]:
+    """On the driver's thread: one transaction around the jobs, committed before returning."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        outcomes = _run_sync_jobs(db, jobs)
+        db.commit()
+    except BaseException:
+        # Ended here either way: the pooled connection's next user must not inherit it.
+        db.rollback()
+        raise
+    return outcomes
 
 
 def _run_sync_jobs(db: sqlite3.Connection, jobs: list[SyncJob[Any]]) -> list[tuple[bool, Any]]:
@@ -588,3 +625,49 @@ def create_replica_engine(replica_url: str) -> AsyncEngine:
         hide_parameters=True,
         connect_args={"timeout": REPLICA_CONNECT_TIMEOUT_S},
     )
+
+
+class Combiner:
+    """Statements that take turns anyway (one property's row, locked until COMMIT has flushed
+    the WAL; or one process's claims) go as one: those arriving while one is in flight queue.
+
+    One task per busy key runs the batches in arrival order (up to MAX_BATCH); a caller is
+    answered once its batch's statement has returned, i.e. committed. run(batch) answers one
+    result per item, in order, or raises for the whole batch.
+    """
+
+    MAX_BATCH = 64
+
+    def __init__(self) -> None:
+        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self._running: dict[Any, asyncio.Task[None]] = {}
+        self.statements = 0  # tests read the sharing from these
+        self.writes = 0
+
+    async def write(self, key: Any, args: Any, run: Callable[[list[Any]], Awaitable[Any]]) -> Any:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queues.setdefault(key, []).append((args, future))
+        if key not in self._running:
+            self._running[key] = asyncio.create_task(self._drain(key, run))
+        return await future
+
+    async def _drain(self, key: Any, run: Callable[[list[Any]], Awaitable[Any]]) -> None:
+        try:
+            while queued := self._queues.pop(key, None):
+                batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
+                if rest:
+                    self._queues[key] = rest + self._queues.get(key, [])
+                self.statements += 1
+                self.writes += len(batch)
+                try:
+                    results = await run([args for args, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for (_, future), result in zip(batch, results, strict=True):
+                    if not future.done():  # else the waiter was cancelled; its write stands
+                        future.set_result(result)
+        finally:
+            del self._running[key]

@@ -264,6 +264,132 @@ def test_queued_writes_of_one_property_share_a_statement_and_keep_exact_snapshot
         ], version
 
 
+@pytest.mark.postgres
+def test_keyed_and_plain_writes_of_one_property_share_a_statement(
+    pg_database: str, tmp_path: Any
+) -> None:
+    """PostgreSQL: keyed writes queue with plain ones; a batch writes each won record with its
+    entry, writes nothing for a key whose record stands, and the snapshots stay exact."""
+    from streamcore_server import accounts, idempotency, storage
+    from streamcore_server.auth import Principal
+    from streamcore_server.finance import EXPENSES, ExpenseIn, _combiner
+    from streamcore_server.settings import Settings
+
+    records = storage.idempotency_records
+    published: list[Event] = []
+
+    class Bus:
+        def publish(self, event: Event) -> None:
+            published.append(event)
+
+        def publish_many(self, events: Any) -> None:
+            published.extend(events)
+
+    n = 30
+    amounts = [(i % 3 + 1, "USD" if i % 4 == 3 else "INR") for i in range(n)]
+    taken = {5, 17}  # keys whose record an earlier request stored: these must not write
+
+    async def run() -> tuple[list[Any], int, int, list[Any], list[Any]]:
+        engine = storage.create_engine(pg_database)
+        try:
+            await storage.migrate(engine)
+            async with engine.begin() as conn:
+                org = await accounts.create_org(conn, "Keyed batch")
+                user = await accounts.create_user(conn, org, "k@example.com", "pw-long-enough")
+                prop = await accounts.create_property(conn, org, "Main")
+            who = Principal(user, org, "k@example.com")
+            settings = Settings(database_url=pg_database, data_dir=str(tmp_path))
+            store = idempotency.DatabaseStore(engine, settings, idempotency.Stats())
+            route = "/v1/finance/expenses"
+
+            def claim_for(i: int) -> idempotency.Claim:
+                return store.new_claim(org, user, f"key-{i}", f"{i:064x}", "POST", route)
+
+            body = ExpenseIn.model_validate({**SEED_EXPENSE, "propertyId": prop})
+            for i in taken:  # stored before: a claim for it now finds the record
+                first = claim_for(i)
+                assert isinstance(await store.claim(first), idempotency.Claim)
+                await EXPENSES.create(engine, Bus(), who, body, first)
+            published.clear()
+            claims: list[idempotency.Claim | None] = []
+            for i in range(n):
+                if i % 3 == 0:
+                    claims.append(None)  # a plain write
+                elif i in taken:
+                    claims.append(claim_for(i))  # as after Redis lost the key: no claim row
+                else:
+                    c = claim_for(i)
+                    assert isinstance(await store.claim(c), idempotency.Claim)
+                    claims.append(c)
+            bodies = [
+                ExpenseIn.model_validate(
+                    {**SEED_EXPENSE, "propertyId": prop, "amountCents": a, "currency": cur}
+                )
+                for a, cur in amounts
+            ]
+            combiner = _combiner(engine)
+            before = (combiner.statements, combiner.writes)
+            results = await asyncio.gather(
+                *(
+                    EXPENSES.create(engine, Bus(), who, b, c)
+                    for b, c in zip(bodies, claims, strict=True)
+                ),
+                return_exceptions=True,
+            )
+            async with engine.connect() as conn:
+                entries = (
+                    await conn.execute(
+                        select(storage.expenses.c.id, storage.expenses.c.amount_cents).where(
+                            storage.expenses.c.property_id == prop
+                        )
+                    )
+                ).all()
+                stored = (
+                    await conn.execute(
+                        select(
+                            records.c.key, records.c.state, records.c.claim_token, records.c.body
+                        )
+                    )
+                ).all()
+            statements = combiner.statements - before[0]
+            writes = combiner.writes - before[1]
+            return results, statements, writes, list(entries), list(stored)
+        finally:
+            await engine.dispose()
+
+    results, statements, writes, entries, stored = asyncio.run(run())
+    assert writes == n and statements < n  # keyed and plain writers shared statements
+    lost = {i for i, r in enumerate(results) if isinstance(r, Exception)}
+    assert lost == taken
+    assert all(type(results[i]).__name__ == "RecordExists" for i in lost)
+    won = [i for i in range(n) if i not in taken]
+    assert len(entries) == len(taken) + len(won)  # the earlier writes and the won ones
+    written = {r[0]["id"] for i, r in enumerate(results) if i not in lost}
+    assert written <= {e.id for e in entries} and len(written) == len(won)
+    by_key = {row.key: row for row in stored}
+    for i in won:
+        if i % 3 == 0:
+            continue
+        row = by_key[f"key-{i}"]
+        assert row.state == "completed" and row.claim_token is None
+        assert orjson.loads(row.body)["id"] == results[i][0]["id"]  # the entry's own id
+    by_version = {results[i][1].version: i for i in won}
+    first = len(taken) + 1
+    assert sorted(by_version) == list(range(first, first + len(won)))
+    states = {
+        d["version"]: d["totals"]
+        for d in (orjson.loads(e.payload)["data"] for e in published if e.conflatable)
+    }
+    running = {"INR": 50000 * len(taken)}
+    for version in sorted(by_version):  # replay in version order: each snapshot is exact
+        amount, currency = amounts[by_version[version]]
+        running[currency] = running.get(currency, 0) + amount
+        assert states[version] == [
+            {"currency": c, "expensesCents": running[c], "revenuesCents": 0}
+            for c in sorted(running)
+        ], version
+
+
 def test_create_revenue(api: Api) -> None:
     a = api.tenant("Acme")
     response = post(api, "revenues", a, revenue(a, paymentMode="upi"))

@@ -391,3 +391,38 @@ def test_the_fingerprint_covers_method_route_and_meaning() -> None:
     assert fp("POST", "/a", b"{") != fp("POST", "/a", b"{ ")  # not JSON: the bytes count
     # Length-prefixed parts: moving a byte from the route into the body changes the digest.
     assert fp("POST", "/ab", b"1") != fp("POST", "/a", b"b1")
+
+
+@pytest.mark.postgres
+def test_concurrent_claims_share_a_statement_and_a_key_is_claimed_once(
+    pg_database: str, tmp_path: Any
+) -> None:
+    """PostgreSQL: claims arriving while one is in flight go as one statement; a key twice in
+    a batch is claimed once, the other sees it in progress; a stored record is replayed."""
+    import asyncio
+
+    async def run() -> tuple[list[Any], int, int]:
+        engine = storage.create_engine(pg_database)
+        try:
+            await storage.migrate(engine)
+            settings = Settings(database_url=pg_database, data_dir=str(tmp_path))
+            store = idempotency.DatabaseStore(engine, settings, idempotency.Stats())
+            done = store.new_claim(1, 1, "stored", "f" * 64, "POST", "/r")
+            assert isinstance(await store.claim(done), idempotency.Claim)
+            await store.save(done, idempotency.Stored(201, (), b"{}"))
+            keys = [f"k{i}" for i in range(20)] + ["k3", "stored"]
+            claims = [store.new_claim(1, 1, k, "f" * 64, "POST", "/r") for k in keys]
+            before = (store._claims.statements, store._claims.writes)
+            outcomes = await asyncio.gather(*(store.claim(c) for c in claims))
+            statements = store._claims.statements - before[0]
+            writes = store._claims.writes - before[1]
+            return list(outcomes), statements, writes
+        finally:
+            await engine.dispose()
+
+    outcomes, statements, writes = asyncio.run(run())
+    assert writes >= 22 and statements < writes  # several claims per statement
+    kinds = [type(o).__name__ for o in outcomes]
+    assert kinds[:20] == ["Claim"] * 20
+    assert kinds[20] == "InProgress"  # k3 again: the first k3 holds it
+    assert kinds[21] == "Replay" and outcomes[21].stored.body == b"{}"
