@@ -20,7 +20,13 @@ test: $(BUILT)
 watch: $(BUILT)
 	$(PY) -m streamcore_server watch $(WATCH_ARGS)
 
+# api_load drives the app with wrk (a compiled client, so the load generator is not what is
+# measured); installed here when missing and the machine lets us.
 bench: $(BUILT)
+	@command -v wrk >/dev/null 2>&1 || { echo "[setup] installing wrk (apt-get)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } || \
+	  echo "[setup] could not install wrk: api_load will say so"; }
 	$(PY) -m benchmarks.run $(BENCH_ARGS)
 
 build: $(BUILT)
