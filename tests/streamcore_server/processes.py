@@ -58,7 +58,7 @@ class ServeProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self._out = open(self.out_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [*wrap, sys.executable, "-m", "app", "serve"],
+            [*wrap, sys.executable, "-m", "streamcore_server", "serve"],
             cwd=workdir,
             env={**os.environ, **env, "HOST": host, "PORT": str(self.port)},
             stdout=self._out,

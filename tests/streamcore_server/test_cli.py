@@ -139,7 +139,7 @@ def test_serve_on_a_port_in_use_exits_at_once_with_a_message(tmp_path: Path) -> 
         env = {**os.environ, **server_env(tmp_path), "HOST": "127.0.0.1", "PORT": str(port)}
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, "-m", "app", "serve"],
+            [sys.executable, "-m", "streamcore_server", "serve"],
             cwd=tmp_path,
             env=env,
             capture_output=True,
@@ -165,6 +165,9 @@ def test_the_console_script_is_the_same_program_as_python_m_app() -> None:
         [str(script), "settings-table"], capture_output=True, text=True, check=True
     ).stdout
     via_module = subprocess.run(
-        [sys.executable, "-m", "app", "settings-table"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "streamcore_server", "settings-table"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert via_script == via_module and "REALTIME_HISTORY_EVENTS" in via_script

@@ -137,7 +137,7 @@ def _watch(server: ServeProcess, *args: str, **env: str) -> subprocess.Popen[str
     import sys
 
     return subprocess.Popen(
-        [sys.executable, "-m", "app", "watch", "--url", server.http, *args],
+        [sys.executable, "-m", "streamcore_server", "watch", "--url", server.http, *args],
         stdin=subprocess.DEVNULL,  # no terminal: nothing may prompt
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -49,7 +49,7 @@ class Stack:
 
 def cli(workdir: Path, env: dict[str, str], *args: str) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "app", *args],
+        [sys.executable, "-m", "streamcore_server", *args],
         cwd=workdir,
         env={**os.environ, **env},
         capture_output=True,
