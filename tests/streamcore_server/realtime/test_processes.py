@@ -175,7 +175,7 @@ def test_watch_prints_the_events_of_the_seed_guide(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "app",
+            "streamcore_server",
             "watch",
             "--url",
             a.http,
