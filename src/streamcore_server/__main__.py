@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import getpass
 import socket
 import sys
@@ -183,9 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        if args.workers is not None:
-            settings = dataclasses.replace(settings, workers=args.workers)
         try:
+            if args.workers is not None:
+                settings = settings.replace(workers=args.workers)
             check_workers(settings)
         except SettingsError as exc:
             print(f"configuration error: {exc}", file=sys.stderr)

@@ -1,271 +1,290 @@
-"""One frozen Settings object, read from the environment once at start-up.
+"""One frozen Settings object, read from the environment once at start-up (pydantic-settings).
 
-No other module reads os.environ. A bad value fails start-up with a message naming the variable.
+No other module reads os.environ. A bad value fails start-up with a message naming the variable
+and the value.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-T = TypeVar("T")
+from pydantic import (
+    AfterValidator,
+    AliasGenerator,
+    BeforeValidator,
+    Field,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value the app cannot use."""
 
 
-def _read(env: Mapping[str, str], name: str, default: T, cast: Callable[[str], T]) -> T:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return cast(raw)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{name}={raw!r} is not valid: {exc}") from None
+def _stripped(value: object) -> object:
+    return value.strip() if isinstance(value, str) else value
 
 
-def _port(raw: str) -> int:
-    port = int(raw)
-    if not 0 <= port <= 65535:
-        raise ValueError("a TCP port is 0..65535")
-    return port
+def _lowered(value: object) -> object:
+    return value.strip().lower() if isinstance(value, str) else value
 
 
-def _fraction(raw: str) -> float:
-    value = float(raw)
-    if not 0.0 < value <= 1.0:
-        raise ValueError("expected a number in (0, 1]")
+def _blank_is_none(value: object) -> object:
+    return (value.strip() or None) if isinstance(value, str) else value
+
+
+def _comma_list(value: object) -> object:
+    # A list arrives from the environment as one comma-separated variable; blanks are dropped.
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
     return value
 
 
-def _positive_float(raw: str) -> float:
-    value = float(raw)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError("must be a finite number > 0")
+def _each(check: Callable[[str], str]) -> Callable[[tuple[str, ...]], tuple[str, ...]]:
+    return lambda items: tuple(check(item) for item in items)
+
+
+def _postgresql(url: str) -> str:
+    # A read replica is a PostgreSQL hot standby: replay positions are what routing reads.
+    if not url.startswith("postgresql"):
+        raise ValueError(f"{url.split('://')[0]}:// is not PostgreSQL; replicas are standbys")
+    return url
+
+
+def _origin(origin: str) -> str:
+    origin = origin.rstrip("/")
+    # A wildcard would turn the allow-list off, and browsers refuse it with credentials.
+    if origin == "*" or not origin.startswith(("https://", "http://")):
+        raise ValueError(f"{origin!r} is not an http(s) origin")
+    return origin
+
+
+def _http_url(url: str) -> str:
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ValueError(f"{url!r} is not an http(s) URL")
+    return url
+
+
+def _secret(value: str | None) -> str | None:
+    # HS256 wants at least 256 bits of key; shorter secrets are brute-forceable offline.
+    if value is not None and len(value.encode()) < 32:
+        raise ValueError("must be at least 32 bytes")
     return value
 
 
-def _non_negative_int(raw: str) -> int:
-    value = int(raw)
-    if value < 0:
-        raise ValueError("must be >= 0")
-    return value
-
-
-def _zstd_level(raw: str) -> int:
-    value = int(raw)
-    if not 1 <= value <= 22:
-        raise ValueError("zstd levels are 1..22")
-    return value
-
-
-def _log_level(raw: str) -> str:
-    level = raw.lower()
-    if level not in {"critical", "error", "warning", "info", "debug"}:
-        raise ValueError("one of critical, error, warning, info, debug")
-    return level
-
-
-def _optional_url(raw: str) -> str | None:
-    return raw.strip() or None
-
-
-def _replica_urls(raw: str) -> tuple[str, ...]:
-    urls = tuple(u.strip() for u in raw.split(",") if u.strip())
-    for url in urls:
-        # A read replica is a PostgreSQL hot standby: replay positions are what routing reads.
-        if not url.startswith("postgresql"):
-            raise ValueError(f"{url.split('://')[0]}:// is not PostgreSQL; replicas are standbys")
-    return urls
-
-
-def _positive_int(raw: str) -> int:
-    value = int(raw)
-    if value <= 0:
-        raise ValueError("must be an integer > 0")
-    return value
-
-
-def _bool(raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("one of 1/0, true/false, yes/no, on/off")
-
-
-def _mismatch_status(raw: str) -> int:
-    value = int(raw)
+def _mismatch_status(value: int) -> int:
     if value not in (409, 422):
         raise ValueError("409 (Stripe) or 422 (IETF draft)")
     return value
 
 
-def _slow_consumer_policy(raw: str) -> str:
-    policy = raw.strip().lower()
-    if policy not in {"coalesce", "disconnect"}:
-        raise ValueError("one of coalesce, disconnect")
-    return policy
-
-
-def _origins(raw: str) -> tuple[str, ...]:
-    origins = tuple(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
-    for origin in origins:
-        # A wildcard would turn the allow-list off, and browsers refuse it with credentials.
-        if origin == "*" or not origin.startswith(("https://", "http://")):
-            raise ValueError(f"{origin!r} is not an http(s) origin")
-    return origins
-
-
-def _non_negative_float(raw: str) -> float:
-    value = float(raw)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError("must be a finite number >= 0")
-    return value
-
-
-EDGE_PROVIDERS = ("none", "varnish", "fastly", "cloudflare")
-
-
-def _edge_provider(raw: str) -> str:
-    provider = raw.strip().lower()
-    if provider not in EDGE_PROVIDERS:
-        raise ValueError("one of " + ", ".join(EDGE_PROVIDERS))
-    return provider
-
-
-def _http_urls(raw: str) -> tuple[str, ...]:
-    urls = tuple(u.strip().rstrip("/") for u in raw.split(",") if u.strip())
-    for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise ValueError(f"{url!r} is not an http(s) URL")
-    return urls
-
-
-def _secret(raw: str) -> str:
-    # HS256 wants at least 256 bits of key; shorter secrets are brute-forceable offline.
-    if len(raw.encode()) < 32:
-        raise ValueError("must be at least 32 bytes")
-    return raw
-
+Port = Annotated[int, Field(ge=0, le=65535)]
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, le=1)]
+Flag = Annotated[bool, BeforeValidator(_stripped)]
+OptionalText = Annotated[str | None, BeforeValidator(_blank_is_none)]
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"], BeforeValidator(_lowered)
+]
+SlowConsumerPolicy = Annotated[Literal["coalesce", "disconnect"], BeforeValidator(_lowered)]
+EdgeProvider = Annotated[
+    Literal["none", "varnish", "fastly", "cloudflare"], BeforeValidator(_lowered)
+]
+ReplicaUrls = Annotated[
+    tuple[str, ...], BeforeValidator(_comma_list), AfterValidator(_each(_postgresql))
+]
+Origins = Annotated[tuple[str, ...], BeforeValidator(_comma_list), AfterValidator(_each(_origin))]
+HttpUrls = Annotated[
+    tuple[str, ...], BeforeValidator(_comma_list), AfterValidator(_each(_http_url))
+]
 
 # Money is int64 minor units in storage; the bound keeps a year of sums far from overflow.
 MAX_AMOUNT_LIMIT = 10**15
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
+class _Environment(EnvSettingsSource):
+    """The environment, or a mapping standing in for it, read as pydantic-settings reads it."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]) -> None:
+        self._env = env  # before super().__init__, which loads the variables
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        # Only the variables' exact names: pydantic-settings would also take a field's Python
+        # name (port for PORT), since Settings(...) accepts those. An empty variable is unset.
+        found = {name: self._env.get(name) for name in _VARIABLE.values()}
+        return {name: value for name, value in found.items() if value}
+
+
+class Settings(BaseSettings):
     """Everything the app can be told, with embedded defaults that run alone."""
 
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        # Each field is read from its name in upper case, exactly (PORT, not port); the Python
+        # name is accepted too, for code that builds Settings with overrides.
+        alias_generator=AliasGenerator(validation_alias=str.upper),
+        validate_by_name=True,
+        case_sensitive=True,
+        # An empty variable means the default; lists are comma-separated, not JSON.
+        env_ignore_empty=True,
+        enable_decoding=False,
+    )
+
     host: str = "127.0.0.1"
-    port: int = 4000
+    port: Port = 4000
     # uvicorn worker processes behind the one port; more than one needs REDIS_URL (`serve`).
-    workers: int = 1
+    workers: PositiveInt = 1
     # SQLite under ./var is the embedded default; PostgreSQL via postgresql+asyncpg://...
     database_url: str = "sqlite+aiosqlite:///./var/streamcore.db"
     # PostgreSQL hot standbys (comma-separated) that may serve reads
     # (streamcore_server/replicas.py); a read
     # goes to the least-lagging one within DATABASE_REPLICA_MAX_LAG_S, else to the primary.
-    database_replica_urls: tuple[str, ...] = ()
-    database_replica_max_lag_s: float = 5.0
+    database_replica_urls: ReplicaUrls = Field((), validation_alias="DATABASE_REPLICA_URL")
+    database_replica_max_lag_s: PositiveFloat = 5.0
     # How long a user's last write pins that user's reads to replicas that replayed it. Above the
     # max lag, so a replica that may serve the user afterwards is no later than the write.
-    read_your_writes_ttl_s: float = 10.0
+    read_your_writes_ttl_s: PositiveFloat = 10.0
     # Unset: embedded idempotency store, per-process connection counts, single-process fan-out.
-    redis_url: str | None = None
-    log_level: str = "info"
-    window_min_ms: float = 30.0
-    window_max_ms: float = 150.0
+    redis_url: OptionalText = None
+    log_level: LogLevel = "info"
+    window_min_ms: PositiveFloat = 30.0
+    window_max_ms: PositiveFloat = 150.0
     # Share of one core the flusher may spend before windows widen (docs/WINDOWS.md).
-    window_flush_budget: float = 0.4
-    compression_threshold: int = 1024
-    zstd_level: int = 1
+    window_flush_budget: Fraction = 0.4
+    compression_threshold: NonNegativeInt = 1024
+    zstd_level: Annotated[int, Field(ge=1, le=22)] = 1
     # Realtime stream (docs/REALTIME.md): caps, history for resume, slow consumers, fan-out.
-    realtime_max_connections_per_user: int = 10
-    realtime_max_connections_per_org: int = 1000
-    realtime_history_events: int = 10_000
-    realtime_history_age_s: float = 120.0
-    realtime_unsubscribe_grace_s: float = 5.0
-    realtime_outbox_max: int = 100_000
-    realtime_outbox_retry_s: float = 10.0
-    realtime_slow_consumer_policy: str = "coalesce"
-    realtime_queue_max_frames: int = 256
-    realtime_queue_max_bytes: int = 1024 * 1024
-    realtime_lease_s: float = 15.0
-    realtime_publish_max_events: int = 1000
-    realtime_event_max_bytes: int = 64 * 1024
+    realtime_max_connections_per_user: PositiveInt = 10
+    realtime_max_connections_per_org: PositiveInt = 1000
+    realtime_history_events: PositiveInt = 10_000
+    realtime_history_age_s: PositiveFloat = 120.0
+    realtime_unsubscribe_grace_s: PositiveFloat = 5.0
+    realtime_outbox_max: PositiveInt = 100_000
+    realtime_outbox_retry_s: PositiveFloat = 10.0
+    realtime_slow_consumer_policy: SlowConsumerPolicy = "coalesce"
+    realtime_queue_max_frames: PositiveInt = 256
+    realtime_queue_max_bytes: PositiveInt = 1024 * 1024
+    realtime_lease_s: PositiveFloat = 15.0
+    realtime_publish_max_events: PositiveInt = 1000
+    realtime_event_max_bytes: PositiveInt = 64 * 1024
     realtime_redis_prefix: str = "streamcore"
     # Files the app keeps beside the embedded database (the generated JWT secret).
     data_dir: str = "./var"
     # Unset: a random secret generated once into DATA_DIR/jwt_secret, shared by workers.
-    jwt_secret: str | None = field(default=None, repr=False)  # never printed
-    token_ttl_s: int = 3600
-    max_body_bytes: int = 32 * 1024 * 1024
+    jwt_secret: Annotated[str | None, AfterValidator(_secret)] = Field(None, repr=False)
+    token_ttl_s: PositiveInt = 3600
+    max_body_bytes: PositiveInt = 32 * 1024 * 1024
     # A client must send its request headers, then its body, within these (408 / dropped).
-    http_header_timeout_s: float = 10.0
-    http_body_timeout_s: float = 30.0
+    http_header_timeout_s: PositiveFloat = 10.0
+    http_body_timeout_s: PositiveFloat = 30.0
     # Routes anyone may call (login): a few KiB, so no one buffers MAX_BODY_BYTES unauthenticated.
-    max_unauthenticated_body_bytes: int = 8 * 1024
-    cors_origins: tuple[str, ...] = (
+    max_unauthenticated_body_bytes: PositiveInt = 8 * 1024
+    cors_origins: Origins = (
         "https://app.example.com",
         "https://admin.example.com",
         "https://www.example.com",
     )
-    max_amount_cents: int = 100_000_000_000
-    page_size_default: int = 50
-    page_size_max: int = 200
+    max_amount_cents: PositiveInt = 100_000_000_000
+    page_size_default: PositiveInt = 50
+    page_size_max: PositiveInt = 200
     # Failed logins per (client, email) inside the window before 429.
-    login_max_failures: int = 5
-    login_window_s: int = 300
+    login_max_failures: PositiveInt = 5
+    login_window_s: PositiveInt = 300
     # With REDIS_URL the failed-login counts live in Redis under this prefix, shared by instances.
     login_redis_prefix: str = "streamcore:login:"
     # `serve` seeds the demo org/property/user into an empty database.
-    seed_demo: bool = True
+    seed_demo: Flag = True
     # Idempotency-Key: how long a response is replayed, and the in-flight claim's lease.
-    idempotency_ttl_s: int = 24 * 3600
-    idempotency_lease_s: float = 10.0
+    idempotency_ttl_s: PositiveInt = 24 * 3600
+    idempotency_lease_s: PositiveFloat = 10.0
     # 409 (Stripe, this API's contract) or 422 (the IETF draft) for a key reused with another body.
-    idempotency_mismatch_status: int = 409
+    idempotency_mismatch_status: Annotated[int, AfterValidator(_mismatch_status)] = 409
     idempotency_redis_prefix: str = "streamcore:idem:"
     # Per Redis command; past it the request falls back to the database store.
-    idempotency_redis_timeout_ms: int = 100
+    idempotency_redis_timeout_ms: PositiveInt = 100
     # Redis is the fast path for retries, the database the guarantee: Redis keeps a response for
     # the retry window only (at most IDEMPOTENCY_TTL_S), which is what bounds its memory.
-    idempotency_redis_ttl_s: int = 3600
+    idempotency_redis_ttl_s: PositiveInt = 3600
     # Metrics (docs/METRICS.md): optional bearer token for both endpoints; each worker publishes
     # its snapshot to Redis every interval under this prefix (expiring after three intervals).
-    metrics_token: str | None = field(default=None, repr=False)  # never printed
-    metrics_publish_interval_s: float = 5.0
+    metrics_token: OptionalText = Field(None, repr=False)
+    metrics_publish_interval_s: PositiveFloat = 5.0
     # `python -m streamcore_server watch` (make watch): credentials for a user other than the
     # demo's.
-    watch_password: str | None = field(default=None, repr=False)  # never printed
-    watch_token: str | None = field(default=None, repr=False)  # never printed
+    watch_password: str | None = Field(None, repr=False)
+    watch_token: str | None = Field(None, repr=False)
     metrics_redis_prefix: str = "streamcore:metrics"
     # Edge cache (docs/EDGE.md): which edge keeps finance reads, for how long, and how writes
     # purge it. "none" sends validators but no edge lifetime or tags, and purges nothing.
-    edge_provider: str = "none"
-    edge_ttl_s: int = 60
-    edge_stale_while_revalidate_s: int = 30
+    edge_provider: EdgeProvider = "none"
+    edge_ttl_s: PositiveInt = 60
+    edge_stale_while_revalidate_s: NonNegativeInt = 30
     # Varnish: each edge's base URL, e.g. http://127.0.0.1:6081 (PURGE with an xkey header).
-    edge_purge_urls: tuple[str, ...] = ()
-    edge_purge_window_ms: float = 20.0
-    edge_purge_timeout_s: float = 2.0
-    edge_purge_retry_base_s: float = 0.2
-    edge_purge_retry_max_s: float = 5.0
+    edge_purge_urls: HttpUrls = ()
+    edge_purge_window_ms: NonNegativeFloat = 20.0
+    edge_purge_timeout_s: PositiveFloat = 2.0
+    edge_purge_retry_base_s: PositiveFloat = 0.2
+    edge_purge_retry_max_s: PositiveFloat = 5.0
     # Each purge is sent again this long after it landed (0: never); see
     # streamcore_server/edge/queue.py.
-    edge_purge_repeat_s: float = 1.0
-    edge_fastly_service_id: str | None = None
-    edge_fastly_api_token: str | None = field(default=None, repr=False)  # never printed
-    edge_cloudflare_zone_id: str | None = None
-    edge_cloudflare_api_token: str | None = field(default=None, repr=False)  # never printed
+    edge_purge_repeat_s: NonNegativeFloat = 1.0
+    edge_fastly_service_id: OptionalText = None
+    edge_fastly_api_token: OptionalText = Field(None, repr=False)
+    edge_cloudflare_zone_id: OptionalText = None
+    edge_cloudflare_api_token: OptionalText = Field(None, repr=False)
 
-    def __post_init__(self) -> None:
+    if not TYPE_CHECKING:  # type checkers keep the per-field signature pydantic declares
+
+        def __init__(self, **values: Any) -> None:
+            try:
+                super().__init__(**values)
+            except ValidationError as exc:
+                raise _settings_error(exc) from None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Settings(...) takes only what it is given: from_env is the one reader of the
+        # environment, and there is no .env file or secrets directory.
+        return (init_settings,)
+
+    @classmethod
+    def read_environment(cls, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Return the raw values Settings takes from the environment, by variable name."""
+        return _Environment(cls, os.environ if env is None else env)()
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from the environment (or a mapping standing in for it)."""
+        return cls(**cls.read_environment(env))
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with these fields changed, validated as at start-up."""
+        return type(self)(**(self.model_dump() | changes))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
         if self.window_min_ms > self.window_max_ms:
             raise SettingsError(
                 f"WINDOW_MIN_MS={self.window_min_ms} is above WINDOW_MAX_MS={self.window_max_ms}"
@@ -282,7 +301,8 @@ class Settings:
             )
         if self.database_replica_urls and not self.database_url.startswith("postgresql"):
             raise SettingsError(
-                "DATABASE_REPLICA_URL needs a PostgreSQL DATABASE_URL (the primary)"
+                f"DATABASE_REPLICA_URL needs a PostgreSQL DATABASE_URL (the primary), "
+                f"not DATABASE_URL={self.database_url!r}"
             )
         if self.read_your_writes_ttl_s <= self.database_replica_max_lag_s:
             raise SettingsError(
@@ -307,168 +327,30 @@ class Settings:
             raise SettingsError(
                 f"MAX_AMOUNT_CENTS={self.max_amount_cents} is above {MAX_AMOUNT_LIMIT}"
             )
+        return self
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build settings from the environment (or a mapping standing in for it)."""
-        env = os.environ if env is None else env
-        d = cls()
-        return cls(
-            host=_read(env, "HOST", d.host, str),
-            port=_read(env, "PORT", d.port, _port),
-            workers=_read(env, "WORKERS", d.workers, _positive_int),
-            database_url=_read(env, "DATABASE_URL", d.database_url, str),
-            database_replica_urls=_read(
-                env, "DATABASE_REPLICA_URL", d.database_replica_urls, _replica_urls
-            ),
-            database_replica_max_lag_s=_read(
-                env, "DATABASE_REPLICA_MAX_LAG_S", d.database_replica_max_lag_s, _positive_float
-            ),
-            read_your_writes_ttl_s=_read(
-                env, "READ_YOUR_WRITES_TTL_S", d.read_your_writes_ttl_s, _positive_float
-            ),
-            redis_url=_read(env, "REDIS_URL", d.redis_url, _optional_url),
-            log_level=_read(env, "LOG_LEVEL", d.log_level, _log_level),
-            window_min_ms=_read(env, "WINDOW_MIN_MS", d.window_min_ms, _positive_float),
-            window_max_ms=_read(env, "WINDOW_MAX_MS", d.window_max_ms, _positive_float),
-            window_flush_budget=_read(env, "WINDOW_FLUSH_BUDGET", d.window_flush_budget, _fraction),
-            compression_threshold=_read(
-                env, "COMPRESSION_THRESHOLD", d.compression_threshold, _non_negative_int
-            ),
-            zstd_level=_read(env, "ZSTD_LEVEL", d.zstd_level, _zstd_level),
-            realtime_max_connections_per_user=_read(
-                env,
-                "REALTIME_MAX_CONNECTIONS_PER_USER",
-                d.realtime_max_connections_per_user,
-                _positive_int,
-            ),
-            realtime_max_connections_per_org=_read(
-                env,
-                "REALTIME_MAX_CONNECTIONS_PER_ORG",
-                d.realtime_max_connections_per_org,
-                _positive_int,
-            ),
-            realtime_history_events=_read(
-                env, "REALTIME_HISTORY_EVENTS", d.realtime_history_events, _positive_int
-            ),
-            realtime_history_age_s=_read(
-                env, "REALTIME_HISTORY_AGE_S", d.realtime_history_age_s, _positive_float
-            ),
-            realtime_unsubscribe_grace_s=_read(
-                env,
-                "REALTIME_UNSUBSCRIBE_GRACE_S",
-                d.realtime_unsubscribe_grace_s,
-                _positive_float,
-            ),
-            realtime_outbox_max=_read(
-                env, "REALTIME_OUTBOX_MAX", d.realtime_outbox_max, _positive_int
-            ),
-            realtime_outbox_retry_s=_read(
-                env, "REALTIME_OUTBOX_RETRY_S", d.realtime_outbox_retry_s, _positive_float
-            ),
-            realtime_slow_consumer_policy=_read(
-                env,
-                "REALTIME_SLOW_CONSUMER_POLICY",
-                d.realtime_slow_consumer_policy,
-                _slow_consumer_policy,
-            ),
-            realtime_queue_max_frames=_read(
-                env, "REALTIME_QUEUE_MAX_FRAMES", d.realtime_queue_max_frames, _positive_int
-            ),
-            realtime_queue_max_bytes=_read(
-                env, "REALTIME_QUEUE_MAX_BYTES", d.realtime_queue_max_bytes, _positive_int
-            ),
-            realtime_lease_s=_read(env, "REALTIME_LEASE_S", d.realtime_lease_s, _positive_float),
-            realtime_publish_max_events=_read(
-                env, "REALTIME_PUBLISH_MAX_EVENTS", d.realtime_publish_max_events, _positive_int
-            ),
-            realtime_event_max_bytes=_read(
-                env, "REALTIME_EVENT_MAX_BYTES", d.realtime_event_max_bytes, _positive_int
-            ),
-            realtime_redis_prefix=_read(env, "REALTIME_REDIS_PREFIX", d.realtime_redis_prefix, str),
-            data_dir=_read(env, "DATA_DIR", d.data_dir, str),
-            jwt_secret=_read(env, "JWT_SECRET", d.jwt_secret, _secret),
-            token_ttl_s=_read(env, "TOKEN_TTL_S", d.token_ttl_s, _positive_int),
-            max_body_bytes=_read(env, "MAX_BODY_BYTES", d.max_body_bytes, _positive_int),
-            http_header_timeout_s=_read(
-                env, "HTTP_HEADER_TIMEOUT_S", d.http_header_timeout_s, _positive_float
-            ),
-            http_body_timeout_s=_read(
-                env, "HTTP_BODY_TIMEOUT_S", d.http_body_timeout_s, _positive_float
-            ),
-            max_unauthenticated_body_bytes=_read(
-                env,
-                "MAX_UNAUTHENTICATED_BODY_BYTES",
-                d.max_unauthenticated_body_bytes,
-                _positive_int,
-            ),
-            cors_origins=_read(env, "CORS_ORIGINS", d.cors_origins, _origins),
-            max_amount_cents=_read(env, "MAX_AMOUNT_CENTS", d.max_amount_cents, _positive_int),
-            page_size_default=_read(env, "PAGE_SIZE_DEFAULT", d.page_size_default, _positive_int),
-            page_size_max=_read(env, "PAGE_SIZE_MAX", d.page_size_max, _positive_int),
-            login_max_failures=_read(
-                env, "LOGIN_MAX_FAILURES", d.login_max_failures, _positive_int
-            ),
-            login_window_s=_read(env, "LOGIN_WINDOW_S", d.login_window_s, _positive_int),
-            login_redis_prefix=_read(env, "LOGIN_REDIS_PREFIX", d.login_redis_prefix, str),
-            seed_demo=_read(env, "SEED_DEMO", d.seed_demo, _bool),
-            idempotency_ttl_s=_read(env, "IDEMPOTENCY_TTL_S", d.idempotency_ttl_s, _positive_int),
-            idempotency_lease_s=_read(
-                env, "IDEMPOTENCY_LEASE_S", d.idempotency_lease_s, _positive_float
-            ),
-            idempotency_mismatch_status=_read(
-                env, "IDEMPOTENCY_MISMATCH_STATUS", d.idempotency_mismatch_status, _mismatch_status
-            ),
-            idempotency_redis_prefix=_read(
-                env, "IDEMPOTENCY_REDIS_PREFIX", d.idempotency_redis_prefix, str
-            ),
-            idempotency_redis_ttl_s=_read(
-                env, "IDEMPOTENCY_REDIS_TTL_S", d.idempotency_redis_ttl_s, _positive_int
-            ),
-            idempotency_redis_timeout_ms=_read(
-                env, "IDEMPOTENCY_REDIS_TIMEOUT_MS", d.idempotency_redis_timeout_ms, _positive_int
-            ),
-            metrics_token=_read(env, "METRICS_TOKEN", d.metrics_token, _optional_url),
-            metrics_publish_interval_s=_read(
-                env, "METRICS_PUBLISH_INTERVAL_S", d.metrics_publish_interval_s, _positive_float
-            ),
-            metrics_redis_prefix=_read(env, "METRICS_REDIS_PREFIX", d.metrics_redis_prefix, str),
-            watch_password=_read(env, "WATCH_PASSWORD", d.watch_password, str),
-            watch_token=_read(env, "WATCH_TOKEN", d.watch_token, str),
-            edge_provider=_read(env, "EDGE_PROVIDER", d.edge_provider, _edge_provider),
-            edge_ttl_s=_read(env, "EDGE_TTL_S", d.edge_ttl_s, _positive_int),
-            edge_stale_while_revalidate_s=_read(
-                env,
-                "EDGE_STALE_WHILE_REVALIDATE_S",
-                d.edge_stale_while_revalidate_s,
-                _non_negative_int,
-            ),
-            edge_purge_urls=_read(env, "EDGE_PURGE_URLS", d.edge_purge_urls, _http_urls),
-            edge_purge_window_ms=_read(
-                env, "EDGE_PURGE_WINDOW_MS", d.edge_purge_window_ms, _non_negative_float
-            ),
-            edge_purge_timeout_s=_read(
-                env, "EDGE_PURGE_TIMEOUT_S", d.edge_purge_timeout_s, _positive_float
-            ),
-            edge_purge_retry_base_s=_read(
-                env, "EDGE_PURGE_RETRY_BASE_S", d.edge_purge_retry_base_s, _positive_float
-            ),
-            edge_purge_retry_max_s=_read(
-                env, "EDGE_PURGE_RETRY_MAX_S", d.edge_purge_retry_max_s, _positive_float
-            ),
-            edge_purge_repeat_s=_read(
-                env, "EDGE_PURGE_REPEAT_S", d.edge_purge_repeat_s, _non_negative_float
-            ),
-            edge_fastly_service_id=_read(
-                env, "EDGE_FASTLY_SERVICE_ID", d.edge_fastly_service_id, _optional_url
-            ),
-            edge_fastly_api_token=_read(
-                env, "EDGE_FASTLY_API_TOKEN", d.edge_fastly_api_token, _optional_url
-            ),
-            edge_cloudflare_zone_id=_read(
-                env, "EDGE_CLOUDFLARE_ZONE_ID", d.edge_cloudflare_zone_id, _optional_url
-            ),
-            edge_cloudflare_api_token=_read(
-                env, "EDGE_CLOUDFLARE_API_TOKEN", d.edge_cloudflare_api_token, _optional_url
-            ),
-        )
+
+def variables() -> dict[str, str]:
+    """Map each Settings field to the environment variable it is read from."""
+    return {name: str(f.validation_alias) for name, f in Settings.model_fields.items()}
+
+
+_VARIABLE = variables()
+_SECRET = {name for name, f in Settings.model_fields.items() if not f.repr}
+
+
+def _settings_error(exc: ValidationError) -> SettingsError:
+    """Say which variables hold which bad values, one clause per error pydantic found."""
+    reasons = []
+    for error in exc.errors(include_url=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, SettingsError):  # a cross-field rule, already worded
+            reasons.append(str(cause))
+            continue
+        message = str(cause) if isinstance(cause, ValueError) else error["msg"]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        name = _VARIABLE.get(field, field)
+        # A secret's value stays out of the message, which start-up prints.
+        shown = "(hidden)" if field.lower() in _SECRET else repr(error["input"])
+        reasons.append(f"{name}={shown} is not valid: {message}")
+    return SettingsError("; ".join(reasons))

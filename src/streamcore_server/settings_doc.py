@@ -7,9 +7,7 @@ it lists exactly the variables Settings reads, and that the docs show it as prin
 
 from __future__ import annotations
 
-import dataclasses
-
-from .settings import Settings
+from .settings import Settings, variables
 
 MEANINGS: dict[str, str] = {
     "HOST": "address `serve` listens on",
@@ -83,23 +81,19 @@ MEANINGS: dict[str, str] = {
     "WATCH_PASSWORD": "`make watch`: password for `--email` (the demo user needs none)",
     "WATCH_TOKEN": "`make watch`: a bearer token instead of a password",
 }
-_SECRET = {
-    *("JWT_SECRET", "METRICS_TOKEN", "WATCH_PASSWORD", "WATCH_TOKEN"),
-    *("EDGE_FASTLY_API_TOKEN", "EDGE_CLOUDFLARE_API_TOKEN"),
-}
-# Fields whose variable is not their name in upper case (a list read from one variable).
-_VARIABLE_OF = {"database_replica_urls": "DATABASE_REPLICA_URL"}
+_VARIABLE_OF = variables()
 _FIELD_OF = {v: k for k, v in _VARIABLE_OF.items()}
+_SECRET = {_VARIABLE_OF[name] for name, f in Settings.model_fields.items() if not f.repr}
 
 
 def variable(field: str) -> str:
     """The environment variable a Settings field is read from."""
-    return _VARIABLE_OF.get(field, field.upper())
+    return _VARIABLE_OF[field]
 
 
 def default(variable: str) -> str:
     """The default as an operator would write it in the environment."""
-    value = getattr(Settings(), _FIELD_OF.get(variable, variable.lower()))
+    value = Settings.model_fields[_FIELD_OF[variable]].default
     if value is None:
         return "unset"
     if isinstance(value, bool):
@@ -113,7 +107,7 @@ def default(variable: str) -> str:
 
 def table() -> str:
     """The Markdown table of every setting, in the order Settings declares them."""
-    names = [variable(f.name) for f in dataclasses.fields(Settings)]
+    names = list(_VARIABLE_OF.values())
     rows = ["| Variable | Default | Meaning |", "| --- | --- | --- |"]
     for name in names:
         shown = "unset" if name in _SECRET else f"`{default(name)}`"

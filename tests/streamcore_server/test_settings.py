@@ -55,8 +55,37 @@ def test_reads_host_port_and_urls() -> None:
     ],
 )
 def test_bad_value_names_the_variable(name: str, value: str) -> None:
-    with pytest.raises(SettingsError, match=name):
+    with pytest.raises(SettingsError, match=name) as caught:
         Settings.from_env({name: value})
+    if name == "JWT_SECRET":  # start-up prints the message: a secret's value stays out of it
+        assert value not in str(caught.value)
+    else:
+        assert repr(value) in str(caught.value) or value in str(caught.value)
+
+
+def test_every_bad_value_is_named_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"PORT": "http", "ZSTD_LEVEL": "23"})
+    assert "PORT='http'" in str(caught.value) and "ZSTD_LEVEL='23'" in str(caught.value)
+
+
+def test_names_are_read_exactly() -> None:
+    s = Settings.from_env({"port": "1", "DATABASE_REPLICA_URLS": PG, "LOG_LEVEL": ""})
+    assert (s.port, s.database_replica_urls, s.log_level) == (4000, (), "info")
+
+
+def test_overrides_are_validated_like_the_environment() -> None:
+    with pytest.raises(SettingsError, match="PORT=70000"):
+        Settings(port=70000)
+    with pytest.raises(SettingsError, match="WINDOW_MIN_MS"):
+        Settings(window_min_ms=200.0)
+    s = Settings(cors_origins=["https://a.test/"])
+    assert s.cors_origins == ("https://a.test",)
+    assert s.replace(workers=3).workers == 3
+    with pytest.raises(SettingsError, match="WORKERS=0"):
+        s.replace(workers=0)
+    with pytest.raises(ValueError, match="frozen"):
+        s.port = 1  # type: ignore[misc]
 
 
 def test_window_bounds_must_be_ordered() -> None:
@@ -92,6 +121,9 @@ def test_reads_the_app_settings() -> None:
 
 def test_the_secret_never_shows_in_repr() -> None:
     assert "k" * 32 not in repr(Settings.from_env({"JWT_SECRET": "k" * 32}))
+    secrets = ("METRICS_TOKEN", "WATCH_PASSWORD", "WATCH_TOKEN", "EDGE_FASTLY_API_TOKEN")
+    shown = repr(Settings.from_env({name: f"secret-of-{name}" for name in secrets}))
+    assert "secret-of" not in shown
 
 
 PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/app"

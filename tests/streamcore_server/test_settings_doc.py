@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
-from streamcore_server.settings import Settings
+from streamcore_server.settings import Settings, variables
 from streamcore_server.settings_doc import MEANINGS, default, table, variable
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +28,14 @@ def test_every_variable_settings_reads_has_a_meaning() -> None:
     env = Recording()
     Settings.from_env(env)
     assert set(env.asked) == set(MEANINGS)
-    assert {variable(f.name) for f in dataclasses.fields(Settings)} == set(MEANINGS)
+    assert {variable(name) for name in Settings.model_fields} == set(MEANINGS)
+    assert set(variables().values()) == set(MEANINGS)
+
+
+def test_settings_read_exactly_the_documented_names() -> None:
+    # Lower-case names and the list field's Python name are not variables Settings reads.
+    env = {name: "1" for name in MEANINGS} | {"port": "1", "DATABASE_REPLICA_URLS": "1", "X": "1"}
+    assert set(Settings.read_environment(env)) == set(MEANINGS)
 
 
 def test_docs_api_shows_the_table_as_generated() -> None:
