@@ -143,9 +143,9 @@ class Meter:
             self.empty += not built
             return int(built)
 
-        def timed_sweep() -> int:
+        def timed_sweep(channels: Any = None) -> int:  # the hub's timer sweeps in chunks
             t0 = time.perf_counter()
-            dropped = sweep()
+            dropped = sweep(channels)
             self.sweep_s += time.perf_counter() - t0
             self.sweeps += 1
             return int(dropped)
