@@ -452,7 +452,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ]
         subscribers: ws_load.Clients | None = None
         try:
-            with api_load.server(argv, env, f"{base}/readyz", work) as proc:
+            with api_load.server(argv, env, f"{base}/readyz", work) as pid:
                 login = httpx2.post(
                     f"{base}/auth/login",
                     json={"email": "user@example.com", "password": "changeme"},
@@ -471,9 +471,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 failed = subscribers.ready()
                 connect_s = time.monotonic() - t0
-                out = asyncio.run(
-                    drive_load(base, token, metrics_token, args, subscribers, proc.pid)
-                )
+                out = asyncio.run(drive_load(base, token, metrics_token, args, subscribers, pid))
                 subscribers.close()
                 subscribers = None
                 time.sleep(1.0)  # the server sees the disconnects before it is stopped
