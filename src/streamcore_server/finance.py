@@ -417,22 +417,22 @@ class Ledger:
                     return [(row["version"], _totals(row["totals"]), row["id"])]
                 return await self._write_many(engine, [args for args, _ in batch])
             # One record per (user, key) per statement (ON CONFLICT touches a row once): a
-            # repeated key, which only a lapsed lease lets through, waits for the next one.
+            # repeated key, which only a lapsed lease lets through, waits for the next statement,
+            # so this one stays a single atomic statement.
             first: list[int] = []
-            later: list[int] = []
             seen: set[tuple[Any, Any]] = set()
+            out: list[Any] = [storage.Combiner.AGAIN] * len(batch)
             for i, (_, keyed) in enumerate(batch):
                 name = None if keyed is None else (keyed[0], keyed[1])
-                (later if name in seen else first).append(i)
+                if name not in seen:
+                    first.append(i)
                 if name is not None:
                     seen.add(name)
-            out: list[Any] = [None] * len(batch)
-            for group in (first, *([i] for i in later)):
-                results = await self._write_keyed(engine, [batch[i] for i in group])
-                if results is None:
-                    return None
-                for i, result in zip(group, results, strict=True):
-                    out[i] = result
+            results = await self._write_keyed(engine, [batch[i] for i in first])
+            if results is None:
+                return None
+            for i, result in zip(first, results, strict=True):
+                out[i] = result
             return out
 
         return run
@@ -760,7 +760,11 @@ _combiners: weakref.WeakKeyDictionary[AsyncEngine, storage.Combiner] = weakref.W
 def _combiner(engine: AsyncEngine) -> storage.Combiner:
     found = _combiners.get(engine)
     if found is None:
-        found = _combiners[engine] = storage.Combiner()
+        # Refused by PostgreSQL (bad data, a constraint) or by us (not the org's property):
+        # nothing committed, so each write of the batch may be tried alone.
+        found = _combiners[engine] = storage.Combiner(
+            refused=(*storage.refused_whole(engine), NotFound)
+        )
     return found
 
 

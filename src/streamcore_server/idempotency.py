@@ -375,7 +375,7 @@ class DatabaseStore:
         self.stats = stats
         self.clock = clock  # wall clock (records outlive the process); tests inject their own
         self._next_purge = 0.0
-        self._claims = storage.Combiner()
+        self._claims = storage.Combiner(refused=storage.refused_whole(engine))
 
     def now_ms(self) -> int:
         return _ms(self.clock())

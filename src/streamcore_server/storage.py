@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import sqlite3
 import time
 import weakref
@@ -11,7 +12,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -36,6 +37,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger("streamcore_server.storage")
 
 UTC = dt.UTC
 
@@ -627,19 +630,37 @@ def create_replica_engine(replica_url: str) -> AsyncEngine:
     )
 
 
+def refused_whole(engine: AsyncEngine) -> tuple[type[BaseException], ...]:
+    """The driver's errors that mean the server refused a statement: it committed nothing."""
+    if engine.dialect.name != "postgresql":
+        return ()
+    import asyncpg  # type: ignore[import-untyped]  # only where PostgreSQL is used (memory)
+
+    return (asyncpg.PostgresError,)
+
+
+_Waiter = tuple[Any, "asyncio.Future[Any]"]  # a write's arguments and its caller's answer
+
+
 class Combiner:
     """Statements that take turns anyway (one property's row, locked until COMMIT has flushed
     the WAL; or one process's claims) go as one: those arriving while one is in flight queue.
 
     One task per busy key runs the batches in arrival order (up to MAX_BATCH); a caller is
-    answered once its batch's statement has returned, i.e. committed. run(batch) answers one
-    result per item, in order, or raises for the whole batch.
+    answered once its batch's statement has returned, i.e. committed. run(batch) must be one
+    atomic statement: it answers one result per item, in order (AGAIN puts an item back for
+    the next batch), or raises. A batch that raises one of `refused` (the statement was refused
+    whole, so nothing committed) is run again one item at a time, so an item the database
+    refuses fails only its own caller; any other failure (a connection lost, which may be after
+    the commit) fails the batch's callers, as a lone write's would.
     """
 
     MAX_BATCH = 64
+    AGAIN: Final = object()  # a result meaning "not in this statement: queue me for the next"
 
-    def __init__(self) -> None:
-        self._queues: dict[Any, list[tuple[Any, asyncio.Future[Any]]]] = {}
+    def __init__(self, refused: tuple[type[BaseException], ...] = ()) -> None:
+        self.refused = refused
+        self._queues: dict[Any, list[_Waiter]] = {}
         self._running: dict[Any, asyncio.Task[None]] = {}
         self.statements = 0  # tests read the sharing from these
         self.writes = 0
@@ -652,22 +673,48 @@ class Combiner:
         return await future
 
     async def _drain(self, key: Any, run: Callable[[list[Any]], Awaitable[Any]]) -> None:
+        batch: list[_Waiter] = []
         try:
             while queued := self._queues.pop(key, None):
                 batch, rest = queued[: self.MAX_BATCH], queued[self.MAX_BATCH :]
                 if rest:
                     self._queues[key] = rest + self._queues.get(key, [])
-                self.statements += 1
-                self.writes += len(batch)
-                try:
-                    results = await run([args for args, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for (_, future), result in zip(batch, results, strict=True):
-                    if not future.done():  # else the waiter was cancelled; its write stands
-                        future.set_result(result)
+                again = await self._run(batch, run)
+                if again:  # first in line for the next statement
+                    self._queues[key] = again + self._queues.get(key, [])
+                batch = []
+        except BaseException as exc:  # cancelled, or a broken run: no waiter is left hanging
+            for _, future in batch + self._queues.pop(key, []):
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(exc))
+            if not isinstance(exc, Exception):
+                raise
+            log.exception("a combined statement failed outside its run")
         finally:
             del self._running[key]
+
+    async def _run(
+        self, batch: list[_Waiter], run: Callable[[list[Any]], Awaitable[Any]]
+    ) -> list[_Waiter]:
+        """Run one batch and answer its waiters; return the items to queue again."""
+        self.statements += 1
+        self.writes += len(batch)
+        try:
+            results = await run([args for args, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1 or not isinstance(exc, self.refused):
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                return []
+            again = []
+            for item in batch:  # nothing was committed: each alone, to find whose it was
+                again += await self._run([item], run)
+            return again
+        again = []
+        for item, result in zip(batch, results, strict=True):
+            if result is self.AGAIN:
+                again.append(item)
+            elif not item[1].done():  # else the waiter was cancelled; its write stands
+                item[1].set_result(result)
+        return again
