@@ -153,6 +153,8 @@ class PreparedSender:
         p = self._proto
         if p.close_sent or p.disconnected or not p.handshake_complete:
             return False
+        if p.transport.is_closing():  # a close frame already written by uvicorn's own paths
+            return False
         try:
             p.transport.write(wire)
         except RuntimeError:  # uvloop: the handle closed before connection_lost ran
@@ -210,13 +212,17 @@ class Parked:
         if message["type"] != "websocket.disconnect" or self.code is not None:
             return  # a parked app reads nothing
         self.code = code = message.get("code", 1005)
-        for callback in self._closers or ():
-            self._ctx.run(callback, code)
-        self._closers = None
-        # In uvicorn's task set: a graceful shutdown waits for it as for an ASGI task.
+        # In uvicorn's task set: a graceful shutdown waits for it as for an ASGI task. Made
+        # first, so a failing close callback cannot keep the lease and subscription.
         task = self._loop.create_task(self._run_finish(code), context=self._ctx)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        closers, self._closers = self._closers or [], None
+        for callback in closers:
+            try:
+                self._ctx.run(callback, code)
+            except Exception:
+                log.exception("a close callback of a parked stream failed")
 
     def on_close(self, callback: Callable[[int], None]) -> None:
         if self.code is not None:
