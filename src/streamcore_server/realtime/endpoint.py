@@ -249,25 +249,24 @@ async def stream(ws: WebSocket) -> None:
     except (WebSocketDisconnect, OSError):
         pass
     finally:
-        if conn is not None:
-            hub.unsubscribe(conn)
-            await conn.stop()
-        if lease is not None:
-            await state.caps.release(lease)
+        if lease is not None:  # else parked: the finish runs when the socket closes
+            await _Finish(hub, conn, state.caps, lease)()
 
 
 class _Finish:
-    """What ends a parked stream once its socket closes: unsubscribe, stop, release the lease."""
+    """What ends a stream once its socket closes (parked or not): unsubscribe, stop, release
+    the lease; conn is None when the stream never subscribed."""
 
     __slots__ = ("caps", "conn", "hub", "lease")
 
-    def __init__(self, hub: Any, conn: Connection, caps: Any, lease: Lease) -> None:
+    def __init__(self, hub: Any, conn: Connection | None, caps: Any, lease: Lease) -> None:
         self.hub, self.conn, self.caps, self.lease = hub, conn, caps, lease
 
-    async def __call__(self, code: int) -> None:
+    async def __call__(self, code: int | None = None) -> None:
         try:
-            self.hub.unsubscribe(self.conn)
-            await self.conn.stop()
+            if self.conn is not None:
+                self.hub.unsubscribe(self.conn)
+                await self.conn.stop()
         finally:
             await self.caps.release(self.lease)
 
