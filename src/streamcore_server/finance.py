@@ -481,11 +481,7 @@ class Ledger:
         entry's own version and totals are then replayed here from the state before it, in the
         order the writers arrived, as if each had run alone.
         """
-        sums: dict[str, list[int]] = {}
-        for a in batch:
-            acc = sums.setdefault(a[4], [0, 0])
-            acc[0] += a[10]
-            acc[1] += a[11]
+        sums = _sums(batch)
         cur = list(sums)
         cols = list(zip(*batch, strict=True))
         async with storage.single_statement(engine) as db:
@@ -724,6 +720,16 @@ FROM bump
 """
 
 
+def _sums(batch: list[tuple[Any, ...]]) -> dict[str, list[int]]:
+    """[expenses, revenues] per currency over a batch of _args tuples, in first-seen order."""
+    sums: dict[str, list[int]] = {}
+    for a in batch:
+        acc = sums.setdefault(a[4], [0, 0])
+        acc[0] += a[10]
+        acc[1] += a[11]
+    return sums
+
+
 def _replay(
     batch: list[tuple[Any, ...]], version: int, totals: str, ids: list[int]
 ) -> list[tuple[int, list[dict[str, Any]], int]]:
@@ -733,11 +739,7 @@ def _replay(
     entry's are replayed from the state before it, in the order the writers arrived, as if each
     had run alone. ids are the entries' ids in that order.
     """
-    sums: dict[str, list[int]] = {}
-    for a in batch:
-        acc = sums.setdefault(a[4], [0, 0])
-        acc[0] += a[10]
-        acc[1] += a[11]
+    sums = _sums(batch)
     final: dict[str, list[int]] = orjson.loads(totals)
     state = {c: list(v) for c, v in final.items()}
     for c, (e, r) in sums.items():
