@@ -5,6 +5,7 @@ waiter is left hanging when the drain is cancelled."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -40,21 +41,23 @@ class Recorder:
         return out
 
 
-async def _queued(combiner: Combiner, count: int) -> None:
-    for _ in range(1000):  # each turn lets a task run its first step (which queues its write)
-        if len(combiner._queues.get("p", [])) == count:
+async def _turns_until(condition: Callable[[], bool], what: str) -> None:
+    """Yield to the loop until condition holds: each turn lets the tasks take one step."""
+    for _ in range(1000):
+        if condition():
             return
         await asyncio.sleep(0)
-    raise AssertionError(f"{count} writes never queued")
+    raise AssertionError(f"{what} never happened")
+
+
+async def _queued(combiner: Combiner, count: int) -> None:
+    await _turns_until(lambda: len(combiner._queues.get("p", [])) == count, f"{count} queued")
 
 
 async def _write_all(combiner: Combiner, run: Recorder, items: list[Any]) -> list[Any]:
     """The first item's statement is in flight while the others queue behind it."""
     tasks = [asyncio.create_task(combiner.write("p", items[0], run))]
-    for _ in range(1000):
-        if run.statements:
-            break
-        await asyncio.sleep(0)
+    await _turns_until(lambda: bool(run.statements), "the first statement")
     tasks += [asyncio.create_task(combiner.write("p", item, run)) for item in items[1:]]
     await _queued(combiner, len(items) - 1)
     run.gate.set()
@@ -95,10 +98,8 @@ async def test_an_item_answered_again_goes_in_the_next_statement() -> None:
 async def test_a_cancelled_drain_leaves_no_waiter_hanging() -> None:
     run, combiner = Recorder(), Combiner()
     tasks = [asyncio.create_task(combiner.write("p", item, run)) for item in (1, 2)]
-    for _ in range(1000):  # both taken into the first statement, which waits on the gate
-        if run.statements:
-            break
-        await asyncio.sleep(0)
+    # Both are taken into the first statement, which waits on the gate.
+    await _turns_until(lambda: bool(run.statements), "the first statement")
     assert run.statements == [[1, 2]]
     (drain,) = combiner._running.values()
     drain.cancel()

@@ -22,6 +22,19 @@ from streamcore_server.finance import CURSOR_PATTERN, decode_cursor, encode_curs
 from streamcore_server.logs import JsonFormatter
 
 
+class RecordingBus:
+    """The event bus's two methods, keeping what the writes published."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event)
+
+    def publish_many(self, events: Any) -> None:
+        self.events.extend(events)
+
+
 def post(api: Api, kind: str, tenant: Tenant, body: dict[str, Any]) -> Any:
     return api.client.post(f"/v1/finance/{kind}", json=body, headers=tenant.auth)
 
@@ -86,14 +99,8 @@ def test_concurrent_writes_take_turns_and_their_versions_order_the_snapshots(
     from streamcore_server.auth import Principal
     from streamcore_server.finance import EXPENSES, ExpenseIn
 
-    published: list[Event] = []
-
-    class Bus:
-        def publish(self, event: Event) -> None:
-            published.append(event)
-
-        def publish_many(self, events: Any) -> None:
-            published.extend(events)
+    bus = RecordingBus()
+    published = bus.events
 
     async def run() -> int:
         engine = storage.create_engine(database_url)
@@ -105,7 +112,7 @@ def test_concurrent_writes_take_turns_and_their_versions_order_the_snapshots(
                 prop = await accounts.create_property(conn, org, "Main")
             who = Principal(user, org, "a@example.com")
             body = ExpenseIn.model_validate({**SEED_EXPENSE, "propertyId": prop, "amountCents": 7})
-            await asyncio.gather(*(EXPENSES.create(engine, Bus(), who, body) for _ in range(20)))
+            await asyncio.gather(*(EXPENSES.create(engine, bus, who, body) for _ in range(20)))
             return prop
         finally:
             await engine.dispose()
@@ -128,14 +135,8 @@ def test_a_failing_write_among_concurrent_ones_fails_alone(database_url: str) ->
     from streamcore_server.errors import NotFound
     from streamcore_server.finance import EXPENSES, REVENUES, ExpenseIn, RevenueIn
 
-    published: list[Event] = []
-
-    class Bus:
-        def publish(self, event: Event) -> None:
-            published.append(event)
-
-        def publish_many(self, events: Any) -> None:
-            published.extend(events)
+    bus = RecordingBus()
+    published = bus.events
 
     async def run() -> tuple[list[Any], list[Any]]:
         engine = storage.create_engine(database_url)
@@ -152,11 +153,11 @@ def test_a_failing_write_among_concurrent_ones_fails_alone(database_url: str) ->
             bodies = [dict(mine) for _ in range(12)]
             bodies[5] = {**mine, "propertyId": foreign}
             writes = [
-                EXPENSES.create(engine, Bus(), who, ExpenseIn.model_validate(b)) for b in bodies
+                EXPENSES.create(engine, bus, who, ExpenseIn.model_validate(b)) for b in bodies
             ]
             revenue = {k: v for k, v in mine.items() if k != "expenseDate"}
             revenue |= {"currency": "USD", "revenueDate": mine["expenseDate"], "amountCents": 3}
-            writes.append(REVENUES.create(engine, Bus(), who, RevenueIn.model_validate(revenue)))
+            writes.append(REVENUES.create(engine, bus, who, RevenueIn.model_validate(revenue)))
             outcomes = await asyncio.gather(*writes, return_exceptions=True)
             async with engine.connect() as conn:
                 stored = (
@@ -199,14 +200,8 @@ def test_queued_writes_of_one_property_share_a_statement_and_keep_exact_snapshot
     from streamcore_server.auth import Principal
     from streamcore_server.finance import EXPENSES, ExpenseIn, _combiner
 
-    published: list[Event] = []
-
-    class Bus:
-        def publish(self, event: Event) -> None:
-            published.append(event)
-
-        def publish_many(self, events: Any) -> None:
-            published.extend(events)
+    bus = RecordingBus()
+    published = bus.events
 
     amounts = [(i % 3 + 1, "USD" if i % 4 == 3 else "INR") for i in range(40)]
 
@@ -225,9 +220,7 @@ def test_queued_writes_of_one_property_share_a_statement_and_keep_exact_snapshot
                 )
                 for a, c in amounts
             ]
-            results = await asyncio.gather(
-                *(EXPENSES.create(engine, Bus(), who, b) for b in bodies)
-            )
+            results = await asyncio.gather(*(EXPENSES.create(engine, bus, who, b) for b in bodies))
             combiner = _combiner(engine)
             async with engine.connect() as conn:
                 ids = (
@@ -276,14 +269,8 @@ def test_keyed_and_plain_writes_of_one_property_share_a_statement(
     from streamcore_server.settings import Settings
 
     records = storage.idempotency_records
-    published: list[Event] = []
-
-    class Bus:
-        def publish(self, event: Event) -> None:
-            published.append(event)
-
-        def publish_many(self, events: Any) -> None:
-            published.extend(events)
+    bus = RecordingBus()
+    published = bus.events
 
     n = 30
     amounts = [(i % 3 + 1, "USD" if i % 4 == 3 else "INR") for i in range(n)]
@@ -309,7 +296,7 @@ def test_keyed_and_plain_writes_of_one_property_share_a_statement(
             for i in taken:  # stored before: a claim for it now finds the record
                 first = claim_for(i)
                 assert isinstance(await store.claim(first), idempotency.Claim)
-                await EXPENSES.create(engine, Bus(), who, body, first)
+                await EXPENSES.create(engine, bus, who, body, first)
             published.clear()
             claims: list[idempotency.Claim | None] = []
             for i in range(n):
@@ -331,7 +318,7 @@ def test_keyed_and_plain_writes_of_one_property_share_a_statement(
             before = (combiner.statements, combiner.writes)
             results = await asyncio.gather(
                 *(
-                    EXPENSES.create(engine, Bus(), who, b, c)
+                    EXPENSES.create(engine, bus, who, b, c)
                     for b, c in zip(bodies, claims, strict=True)
                 ),
                 return_exceptions=True,

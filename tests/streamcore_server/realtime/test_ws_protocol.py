@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -67,9 +68,9 @@ class EchoApp:
                 await send({"type": "websocket.send", "bytes": message["bytes"]})
 
 
-@pytest.fixture
-async def echo() -> AsyncIterator[tuple[EchoApp, uvicorn.Server, str]]:
-    app = EchoApp()
+@asynccontextmanager
+async def served(app: Any) -> AsyncIterator[tuple[Any, uvicorn.Server, str]]:
+    """app under uvicorn with our protocol on a free port, until the block ends."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -90,6 +91,12 @@ async def echo() -> AsyncIterator[tuple[EchoApp, uvicorn.Server, str]]:
     yield app, server, f"ws://127.0.0.1:{port}/ws"
     server.should_exit = True
     await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[tuple[EchoApp, uvicorn.Server, str]]:
+    async with served(EchoApp()) as running:
+        yield running
 
 
 def only_protocol(server: uvicorn.Server) -> StreamWebSocketProtocol:
@@ -233,27 +240,8 @@ class ParkingApp:
 
 @pytest.fixture
 async def parking() -> AsyncIterator[tuple[ParkingApp, uvicorn.Server, str]]:
-    app = ParkingApp()
-    port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ws="streamcore_server.realtime.ws_protocol:StreamWebSocketProtocol",
-        ws_per_message_deflate=False,
-        ws_ping_interval=0.05,
-        ws_ping_timeout=5.0,
-        log_level="warning",
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.get_running_loop().create_task(server.serve())
-    deadline = asyncio.get_running_loop().time() + 10
-    while not server.started:
-        assert not task.done() and asyncio.get_running_loop().time() < deadline
-        await asyncio.sleep(0.01)
-    yield app, server, f"ws://127.0.0.1:{port}/ws"
-    server.should_exit = True
-    await asyncio.wait_for(task, 15)
+    async with served(ParkingApp()) as running:
+        yield running
 
 
 async def test_a_parked_connection_has_no_task_and_still_pings_and_takes_frames(
