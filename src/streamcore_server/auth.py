@@ -21,7 +21,7 @@ import anyio.to_thread
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from redis.exceptions import RedisError
 from starlette.requests import Request
@@ -32,7 +32,7 @@ from .errors import InvalidToken, TooManyRequests, Unauthorized
 from .openapi import Operation
 from .redis_client import Breaker
 from .responses import OrjsonResponse
-from .validation import read_json
+from .validation import NO_NUL, no_nul, read_json
 
 log = logging.getLogger("streamcore_server.auth")
 
@@ -310,9 +310,11 @@ class SharedLoginThrottle:
 class LoginRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(min_length=3, max_length=320)
+    email: str = Field(min_length=3, max_length=320, json_schema_extra={"pattern": NO_NUL})
     # Bounded: argon2 cost grows with input and the endpoint is unauthenticated.
     password: str = Field(min_length=1, max_length=1024)
+
+    _no_nul = field_validator("email")(no_nul)
 
 
 class TokenResponse(BaseModel):

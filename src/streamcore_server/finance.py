@@ -47,8 +47,10 @@ from .storage import expenses, revenues, utcnow
 from .validation import (
     INSTANT_PATTERN,
     MAX_ID,
+    NO_NUL,
     JsonId,
     iso_instant,
+    no_nul,
     read_json,
     read_query,
     whole_number,
@@ -113,7 +115,7 @@ class _Camel(BaseModel):
 # both (JSON Schema cannot say "after trimming"); the blanks around it are dropped when stored.
 # An explicit set: Python's str.strip, pydantic's \s and JSON Schema's \s differ at the edges.
 BLANKS = " \t\n\r\f\v"
-NOT_BLANK = r"[^ \t\n\r\f\v]"
+NOT_BLANK = r"^[^\x00]*[^ \t\n\r\f\v\x00][^\x00]*$"  # and no U+0000 (see validation.NO_NUL)
 
 
 class _EntryIn(_Camel):
@@ -131,13 +133,13 @@ class _EntryIn(_Camel):
         json_schema_extra={"x-maximum-setting": "max_amount_cents"},
     )
     currency: Currency
-    description: str = Field(default="", max_length=1000)
+    description: str = Field(default="", max_length=1000, json_schema_extra={"pattern": NO_NUL})
     payment_mode: PaymentMode
 
     @field_validator("category")
     @classmethod
     def _not_blank(cls, value: str) -> str:
-        value = value.strip(BLANKS)
+        value = no_nul(value).strip(BLANKS)
         if not value:
             raise ValueError("must not be blank")
         return value
@@ -145,7 +147,7 @@ class _EntryIn(_Camel):
     @field_validator("description")
     @classmethod
     def _trimmed(cls, value: str) -> str:
-        return value.strip(BLANKS)
+        return no_nul(value).strip(BLANKS)
 
     @field_validator("amount_cents", mode="before")
     @classmethod

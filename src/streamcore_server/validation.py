@@ -26,6 +26,16 @@ INSTANT_PATTERN = (
 )
 _INSTANT = re.compile(INSTANT_PATTERN)
 
+# PostgreSQL's text cannot hold U+0000 (SQLite's can): refused on both alike, and documented, so
+# a text that reaches a column never fails in the database.
+NO_NUL = r"^[^\x00]*$"
+
+
+def no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the character U+0000")
+    return value
+
 
 def iso_instant(value: Any) -> Any:
     """Refuse anything but an ISO 8601 date-time string with an offset (before parsing)."""

@@ -610,6 +610,8 @@ def test_every_bad_field_is_listed_at_once(api: Api) -> None:
         ("category", ""),
         ("category", "   "),
         ("category", "c" * 65),
+        ("category", "re\x00nt"),  # PostgreSQL's text cannot hold it: refused on both
+        ("description", "a\x00"),
         ("propertyId", 0),
         ("propertyId", 2**63),
     ],
@@ -903,6 +905,8 @@ def test_an_amount_out_of_range_names_the_bounds(sqlite_api: Any, amount: float)
         ("\x0b\x0c", 422, None),
         ("c" * 63 + " ", 201, "c" * 63),
         (" " + "c" * 64, 422, None),  # 65 as sent: lengths count what the client sent
+        ("\x00", 422, None),
+        ("a\x00", 422, None),
     ],
 )
 def test_categories_are_measured_as_sent_and_stored_trimmed(
