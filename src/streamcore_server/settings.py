@@ -30,6 +30,21 @@ class SettingsError(ValueError):
     """An environment variable holds a value the app cannot use."""
 
 
+def redacted(value: object) -> object:
+    """value with the password of every URL in it replaced (a str, or a tuple of them)."""
+    if isinstance(value, tuple):
+        return tuple(redacted(item) for item in value)
+    if not isinstance(value, str) or "@" not in value or "://" not in value:
+        return value
+    scheme, rest = value.split("://", 1)
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return value
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
 def _stripped(value: object) -> object:
     return value.strip() if isinstance(value, str) else value
 
@@ -279,6 +294,11 @@ class Settings(BaseSettings):
         """Build settings from the environment (or a mapping standing in for it)."""
         return cls(**cls.read_environment(env))
 
+    def __repr_args__(self) -> Any:
+        # Secrets are repr=False; the passwords inside URLs are masked as well.
+        for name, value in super().__repr_args__():
+            yield name, redacted(value)
+
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with these fields changed, validated as at start-up."""
         return type(self)(**(self.model_dump() | changes))
@@ -302,7 +322,7 @@ class Settings(BaseSettings):
         if self.database_replica_urls and not self.database_url.startswith("postgresql"):
             raise SettingsError(
                 f"DATABASE_REPLICA_URL needs a PostgreSQL DATABASE_URL (the primary), "
-                f"not DATABASE_URL={self.database_url!r}"
+                f"not DATABASE_URL={redacted(self.database_url)!r}"
             )
         if self.read_your_writes_ttl_s <= self.database_replica_max_lag_s:
             raise SettingsError(
@@ -351,6 +371,7 @@ def _settings_error(exc: ValidationError) -> SettingsError:
         field = str(error["loc"][0]) if error["loc"] else ""
         name = _VARIABLE.get(field, field)
         # A secret's value stays out of the message, which start-up prints.
-        shown = "(hidden)" if field.lower() in _SECRET else repr(error["input"])
+        # and so does the password in a URL.
+        shown = "(hidden)" if field.lower() in _SECRET else repr(redacted(error["input"]))
         reasons.append(f"{name}={shown} is not valid: {message}")
     return SettingsError("; ".join(reasons))

@@ -126,6 +126,25 @@ def test_the_secret_never_shows_in_repr() -> None:
     assert "secret-of" not in shown
 
 
+def test_no_password_in_a_url_shows_in_repr_or_in_an_error() -> None:
+    env = {
+        "DATABASE_URL": "postgresql+asyncpg://app:pw-of-db@db.test:5432/app",
+        "DATABASE_REPLICA_URL": "postgresql+asyncpg://app:pw-of-replica@standby.test/app",
+        "REDIS_URL": "redis://:pw-of-redis@cache.test:6379/0",
+    }
+    shown = repr(Settings.from_env(env))
+    assert "pw-of" not in shown
+    assert "postgresql+asyncpg://app:***@db.test:5432/app" in shown  # the rest stays readable
+    assert "redis://:***@cache.test:6379/0" in shown
+    # A field's error and a cross-field rule's both quote what was set, masked.
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**env, "DATABASE_REPLICA_URL": "mysql://app:pw-of-mysql@m.test/app"})
+    assert "pw-of" not in str(caught.value) and "mysql://app:***@m.test/app" in str(caught.value)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**env, "DATABASE_URL": "sqlite+aiosqlite://u:pw-of-sqlite@/x.db"})
+    assert "pw-of" not in str(caught.value) and "DATABASE_URL=" in str(caught.value)
+
+
 PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/app"
 
 
