@@ -72,7 +72,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from . import accounts, auth, logs
-    from .main import create_app
+    from .main import EXIT_DEADLINE_S, create_app
 
     logs.configure(settings.log_level)
     # Bound first: a port in use fails the start at once, before migrations or any lifespan
@@ -112,7 +112,8 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,  # SIGTERM: clients get 1012 at once; stragglers are cut
     )
     if settings.workers == 1:
-        server = uvicorn.Server(uvicorn.Config(create_app(settings), **options))
+        app = create_app(settings, exit_deadline_s=EXIT_DEADLINE_S)
+        server = uvicorn.Server(uvicorn.Config(app, **options))
         server.run(sockets=[sock])
         if not server.started:
             raise SystemExit(3)  # what uvicorn.run answers for a start that failed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -19,6 +20,7 @@ from . import (
     cache,
     dashboard,
     edge,
+    exit_watchdog,
     finance,
     health,
     http_protocol,
@@ -77,8 +79,14 @@ def websocket_not_found(http_default: ASGIApp) -> ASGIApp:
     return default
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    """Create the app; resources open in its lifespan and close when it ends."""
+def create_app(
+    settings: Settings | None = None, *, exit_deadline_s: float | None = None
+) -> Starlette:
+    """Create the app; resources open in its lifespan and close when it ends.
+
+    exit_deadline_s: in a server process of its own, end the process that long after the
+    lifespan's shutdown began, whatever is still running (exit_watchdog).
+    """
     settings = settings or Settings.from_env()
     operations: list[Operation] = [
         *health.operations,
@@ -152,7 +160,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await realtime.start(app, settings, stack)
             # After the hub, so it stops publishing (and withdraws) before the hub closes.
             await metrics.start(app, settings, stack)
-            yield
+            try:
+                yield
+            finally:
+                if exit_deadline_s is not None:
+                    exit_watchdog.arm(exit_deadline_s, asyncio.get_running_loop())
 
     # Handed to the middleware and read by the metrics endpoints (app.state.metrics).
     registry = metrics.Registry(op.route() for op in operations)
@@ -229,9 +241,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return app
 
 
+# After uvicorn's 5 s for open connections, the app's shutdown and the interpreter's exit get
+# this long before the watchdog ends the process: well inside a supervisor's usual SIGKILL delay.
+EXIT_DEADLINE_S = 8.0
+
+
 def create_app_from_env() -> Starlette:
     """Build the app from the environment: the factory every `serve --workers N` worker calls."""
     settings = Settings.from_env()
     # A worker is a freshly spawned interpreter: the parent's JSON log handler is not inherited.
     logs.configure(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, exit_deadline_s=EXIT_DEADLINE_S)

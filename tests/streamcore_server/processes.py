@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -29,6 +30,13 @@ def server_env(workdir: Path, **extra: Any) -> dict[str, str]:
         "LOG_LEVEL": "warning",
         **{k: str(v) for k, v in extra.items()},
     }
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
 
 
 class ServeProcess:
@@ -102,6 +110,16 @@ class ServeProcess:
         self.stop()
         return code
 
+    def wait_exit(self, timeout: float = 15) -> int:
+        """The exit code once the server ends; a server still running after timeout fails the
+        test with the end of its log, which says which shutdown step it is in."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._log.flush()
+            tail = self.log_path.read_text(errors="replace")[-6000:]
+            raise AssertionError(f"server still running {timeout} s after; log:\n{tail}") from None
+
     def get(self, path: str, **kw: object) -> httpx2.Response:
         return httpx2.get(f"{self.http}{path}", timeout=10, **kw)  # type: ignore[arg-type]
 
@@ -118,6 +136,10 @@ class ServeProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                # Workers first: a supervisor killed alone would leave them holding the port.
+                for child in _children(self.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
                 os.kill(self.pid, signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
