@@ -68,6 +68,9 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+
+
 def serve(settings: Settings) -> None:
     import uvicorn
 
@@ -109,6 +112,10 @@ def serve(settings: Settings) -> None:
         # cost; the frames are zstd/gzip already, so permessage-deflate would only burn CPU.
         ws="streamcore_server.realtime.ws_protocol:StreamWebSocketProtocol",
         ws_per_message_deflate=False,
+        # A stream's client has nothing to send (docs/REALTIME.md): a message over this is
+        # refused with 1009 at its header, before its payload is buffered (the default, 16 MiB,
+        # let one socket hold that much).
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
         timeout_graceful_shutdown=5,  # SIGTERM: clients get 1012 at once; stragglers are cut
     )
     if settings.workers == 1:

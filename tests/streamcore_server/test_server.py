@@ -177,3 +177,28 @@ def test_watch_says_plainly_why_it_cannot_log_in(
     assert proc.returncode == 1, err
     assert says in err
     assert "Traceback" not in err
+
+
+def test_a_stream_takes_no_large_message_from_its_client(server: ServeProcess) -> None:
+    # Clients have nothing to say on the stream: a message over the bound is refused at its
+    # header (1009) before its payload is buffered; a small one is ignored.
+    import asyncio
+
+    from realtime.support import hello, open_ws
+    from websockets.exceptions import ConnectionClosed
+
+    token = server.token()
+
+    async def scenario() -> None:
+        async with await open_ws(server.ws, token) as ws:
+            await hello(ws)
+            await ws.send(b"x" * 100)
+            pong = await ws.ping()
+            await asyncio.wait_for(pong, 10)  # answered: the small message did not end the stream
+            await ws.send(b"x" * (64 * 1024 + 1))
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await asyncio.wait_for(ws.recv(), 10)
+            assert ws.close_code == 1009
+
+    asyncio.run(scenario())
