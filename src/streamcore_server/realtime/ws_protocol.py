@@ -325,6 +325,18 @@ class StreamWebSocketProtocol(WebSocketsSansIOProtocol):
             self.read_paused = False
             self.transport.resume_reading()
 
+    def keepalive_timeout(self) -> None:
+        # uvicorn writes the 1011 close and closes the transport, which waits for its buffer to
+        # drain before connection_lost: from a dead peer that never reads, minutes later, and
+        # only then does the app hear of it. The app hears now; the socket is cut shortly.
+        closing = self.close_sent or self.transport.is_closing()
+        super().keepalive_timeout()
+        if not closing and not self.disconnected:
+            self.queue.put_nowait(
+                {"type": "websocket.disconnect", "code": 1011, "reason": "keepalive ping timeout"}
+            )
+            self.loop.call_later(ABORT_AFTER_S, self.transport.abort)
+
     def send_receive_event_to_app(self) -> None:
         if isinstance(self.queue, Parked):
             self.frames = []  # parked: nobody reads, and reading must not pause

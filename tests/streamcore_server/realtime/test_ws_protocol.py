@@ -69,7 +69,9 @@ class EchoApp:
 
 
 @asynccontextmanager
-async def served(app: Any) -> AsyncIterator[tuple[Any, uvicorn.Server, str]]:
+async def served(
+    app: Any, ping_timeout: float = 5.0
+) -> AsyncIterator[tuple[Any, uvicorn.Server, str]]:
     """app under uvicorn with our protocol on a free port, until the block ends."""
     port = free_port()
     config = uvicorn.Config(
@@ -79,7 +81,7 @@ async def served(app: Any) -> AsyncIterator[tuple[Any, uvicorn.Server, str]]:
         ws="streamcore_server.realtime.ws_protocol:StreamWebSocketProtocol",
         ws_per_message_deflate=False,
         ws_ping_interval=0.05,
-        ws_ping_timeout=5.0,
+        ws_ping_timeout=ping_timeout,
         log_level="warning",
     )
     server = uvicorn.Server(config)
@@ -289,6 +291,38 @@ async def test_shutdown_closes_a_parked_connection_with_1012_and_waits_for_its_f
         await asyncio.wait_for(ws.wait_closed(), 10)
         assert ws.close_code == 1012
     assert await asyncio.wait_for(app.finished.get(), 5) == 1012
+
+
+async def test_a_peer_that_stops_reading_is_finished_at_the_keepalive_timeout() -> None:
+    # A dead peer: it never answers a ping and never drains what it was sent. Closing the
+    # transport would wait for that buffer to flush, i.e. for TCP to give up, minutes later, with
+    # the lease and subscription held all along; the disconnect must come at the timeout.
+    import socket
+
+    async with served(ParkingApp(), ping_timeout=0.3) as (app, server, url):
+        host, port = url.removeprefix("ws://").split("/")[0].split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect((host, int(port)))
+        sock.sendall(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        try:
+            await until(lambda: app.protocols and not server.server_state.tasks)
+            sender = app.protocols[0]
+            frame = ws_header(64 * 1024) + bytes(64 * 1024)
+            for _ in range(200):  # until the kernel's buffers are full and the transport holds
+                if sender.buffered() > 0:
+                    break
+                assert sender.send(frame)
+                await asyncio.sleep(0)
+            assert sender.buffered() > 0
+            code = await asyncio.wait_for(app.finished.get(), 10)
+            assert code == 1011  # the keepalive's failure code, as a disconnect
+            await until(lambda: not server.server_state.connections)
+        finally:
+            sock.close()
 
 
 async def test_parking_twice_or_before_the_accept_is_refused() -> None:
