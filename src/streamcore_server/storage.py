@@ -186,6 +186,18 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _reset_sqlite(dbapi_connection: Any, _record: Any, state: Any) -> None:
+    # The pool's reset is a ROLLBACK on every return, on aiosqlite one more hop to the driver's
+    # thread: a group commit's batch (committed on that thread, out of SQLAlchemy's sight) paid
+    # it every time for a connection with nothing open. SQLite itself says whether a
+    # transaction is open; a connection collected without being closed is left alone, as the
+    # pool's own reset leaves it.
+    if state.terminate_only or not state.asyncio_safe:
+        return
+    if dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
+
+
 def create_engine(database_url: str) -> AsyncEngine:
     """Create the async engine for SQLite (a file, WAL mode) or PostgreSQL.
 
@@ -196,8 +208,14 @@ def create_engine(database_url: str) -> AsyncEngine:
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
         # timeout is SQLite's busy wait: writers queue for the lock instead of failing.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, hide_parameters=True)
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 30},
+            hide_parameters=True,
+            pool_reset_on_return=None,  # _reset_sqlite does it, only when there is something
+        )
         event.listen(engine.sync_engine, "connect", _on_sqlite_connect)
+        event.listen(engine.sync_engine, "reset", _reset_sqlite)
         return engine
     # pool_size covers the concurrency one worker serves: connections beyond it ("overflow")
     # are closed on return, and reopening one per burst (TLS probe, auth, startup) cost more

@@ -98,6 +98,45 @@ async def test_instants_round_trip_as_aware_utc(database_url: str) -> None:
         await engine.dispose()
 
 
+async def test_a_sqlite_connection_goes_back_to_the_pool_rolled_back_only_if_open(
+    sqlite_url: str,
+) -> None:
+    """The pool's reset costs a hop to the driver's thread: taken only for an open transaction."""
+    engine = storage.create_engine(sqlite_url)
+    hops: list[str] = []
+
+    def count_hops(aio: Any) -> None:
+        real = aio._execute
+
+        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            hops.append(getattr(fn, "__name__", repr(fn)))
+            return await real(fn, *args, **kwargs)
+
+        aio._execute = counted
+
+    try:
+        async with engine.connect() as conn:
+            aio = await storage.driver_connection(conn)
+            count_hops(aio)
+            await aio.execute("CREATE TABLE t (x INTEGER)")
+            await aio.commit()
+            hops.clear()
+        assert hops == []  # committed: nothing to roll back, no hop
+        async with engine.connect() as conn:
+            aio = await storage.driver_connection(conn)
+            await aio.execute("BEGIN IMMEDIATE")
+            await aio.execute("INSERT INTO t VALUES (1)")
+            hops.clear()
+        assert hops == ["rollback"]  # left open: rolled back on the way in
+        async with engine.connect() as conn:
+            aio = await storage.driver_connection(conn)
+            rows = await (await aio.execute("SELECT count(*) FROM t")).fetchall()
+            assert rows == [(0,)]
+            assert not aio.in_transaction
+    finally:
+        await engine.dispose()
+
+
 async def test_sqlite_group_commit_shares_commits_and_isolates_a_failing_writer(
     sqlite_url: str,
 ) -> None:
