@@ -75,7 +75,7 @@ def serve(settings: Settings) -> None:
     import uvicorn
 
     from . import accounts, auth, logs
-    from .main import EXIT_DEADLINE_S, create_app
+    from .main import create_app
 
     logs.configure(settings.log_level)
     # Bound first: a port in use fails the start at once, before migrations or any lifespan
@@ -119,7 +119,7 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,  # SIGTERM: clients get 1012 at once; stragglers are cut
     )
     if settings.workers == 1:
-        app = create_app(settings, exit_deadline_s=EXIT_DEADLINE_S)
+        app = create_app(settings, own_process=True)
         server = uvicorn.Server(uvicorn.Config(app, **options))
         server.run(sockets=[sock])
         if not server.started:
