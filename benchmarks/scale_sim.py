@@ -360,7 +360,7 @@ def serve(args: argparse.Namespace) -> None:
         log_level="warning",
     )
     seed_bench_users(settings.database_url, range(1, args.orgs + 1))
-    app = create_app(settings)
+    app = create_app(settings, own_process=True)  # as `serve` builds it: its own process
 
     async def main() -> None:
         config = uvicorn.Config(

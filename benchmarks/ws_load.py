@@ -167,7 +167,7 @@ def serve_streamcore(port: int, args: argparse.Namespace) -> None:
         env=ENV,
         check=True,
     )
-    app = create_app(settings)
+    app = create_app(settings, own_process=True)  # as `serve` builds it: its own process
 
     def emit(org: int, key: str, payload: bytes) -> None:
         app.state.events.publish(Event(org, key, True, payload))
