@@ -611,9 +611,10 @@ class Ledger:
         )
         return [self.record(r) for r in rows], next_cursor
 
-    def totals_query(self, property_id: int, period: _Period) -> Any:
+    def totals_query(self, org_id: int, property_id: int, period: _Period) -> Any:
         t = self.table
-        where = [t.c.property_id == property_id]
+        # The org too: the (property, org, date) index then bounds the period's range.
+        where = [t.c.property_id == property_id, t.c.org_id == org_id]
         if period.from_:
             where.append(self.date >= period.from_)
         if period.to:
@@ -939,7 +940,7 @@ async def summarise(
     if before is None:
         raise NotFound("Property not found.")
     for ledger in (EXPENSES, REVENUES):
-        for row in await conn.execute(ledger.totals_query(query.property_id, query)):
+        for row in await conn.execute(ledger.totals_query(who.org_id, query.property_id, query)):
             entry = by_currency.get(row.currency)
             if entry is None:
                 entry = by_currency[row.currency] = _currency_totals(row.currency)

@@ -130,8 +130,9 @@ def _entries(name: str, date_column: str) -> Table:
         Column("payment_mode", String(32), nullable=False),
         Column("created_at", UTCDateTime(), nullable=False),
         Column("created_by", Id, ForeignKey("users.id"), nullable=False),
-        # Serves the list's (date, id) keyset order within a property and the summary's range.
-        Index(f"ix_{name}_property_date_id", "property_id", date_column, "id"),
+        # Serves the list's (date, id) keyset order within a property and the summary's range;
+        # both state the org too, so the planner never takes the org's index for them (0005).
+        Index(f"ix_{name}_property_org_date_id", "property_id", "org_id", date_column, "id"),
         Index(f"ix_{name}_org_date_id", "org_id", date_column, "id"),
     )
 
@@ -592,7 +593,7 @@ async def write_transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnectio
 # The newest migration's revision (tests/streamcore_server/test_storage.py checks it against
 # alembic's head): a schema already there is recognised without importing alembic, which keeps
 # ~11 MB resident in every server process that imported it.
-HEAD_REVISION = "0004"
+HEAD_REVISION = "0005"
 
 
 def _at_head(connection: Connection) -> bool:
