@@ -22,7 +22,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from contextlib import AsyncExitStack, suppress
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -31,7 +31,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from starlette.requests import Request
 
-from . import redis_client, storage
+from . import background, redis_client, storage
 from .auth import Principal
 from .errors import ApiError, NotFound
 from .settings import Settings
@@ -404,9 +404,7 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> ReplicaR
     task = asyncio.create_task(router.run(), name="replica-probe")
 
     async def stop() -> None:
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
+        await background.stop(task)
 
     stack.push_async_callback(stop)
     return router

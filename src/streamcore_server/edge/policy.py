@@ -17,6 +17,7 @@ from contextlib import AsyncExitStack
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .. import background
 from ..settings import Settings
 from . import tags, validators
 from .purge import CloudflarePurger, FastlyPurger, Purger, PurgeRequest, VarnishPurger
@@ -139,8 +140,7 @@ async def open_edge(settings: Settings, stack: AsyncExitStack) -> Edge:
     task = asyncio.create_task(queue.run(), name="edge-purge")
 
     async def stop() -> None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await background.stop(task)
         # What the last window held still goes out once, so a clean stop loses no purge.
         try:
             async with asyncio.timeout(settings.edge_purge_timeout_s):

@@ -12,7 +12,6 @@ died are lost from the sums when it drops out, which Prometheus' rate() reads as
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -21,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import background
 from .registry import Snapshot
 
 log = logging.getLogger("streamcore_server.metrics")
@@ -50,6 +50,7 @@ class Publisher:
         self.published = 0
         self.errors = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def _key(self, instance: str) -> str:
         return f"{self.prefix}:i:{instance}"
@@ -90,7 +91,8 @@ class Publisher:
         return out
 
     async def _run(self) -> None:
-        while True:
+        # The flag ends the loop even when a cancel came out of redis as its TimeoutError.
+        while not self._stopping:
             try:
                 await self.publish()
             except asyncio.CancelledError:
@@ -104,11 +106,9 @@ class Publisher:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._stopping = True
+        await background.stop(self._task)
+        self._task = None
         try:
             async with self.client.pipeline(transaction=False) as pipe:
                 pipe.zrem(self.set_key, self.instance)

@@ -9,12 +9,13 @@ the connections of a worker that dies stop counting within LEASE seconds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 import redis.asyncio as aioredis
+
+from .. import background
 
 log = logging.getLogger("streamcore_server.realtime")
 
@@ -196,9 +197,6 @@ class RedisCaps:
         self._task = asyncio.get_running_loop().create_task(self._heartbeat())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await background.stop(self._task)
         for lease in list(self._leases.values()):
             await self.release(lease)

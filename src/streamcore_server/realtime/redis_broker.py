@@ -32,7 +32,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from .. import redis_client
+from .. import background, redis_client
 from ..events import Event
 from .broker import (
     Batch,
@@ -536,11 +536,7 @@ class RedisBroker:
             log.warning("realtime broker not connected at start-up; retrying in the background")
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*(background.stop(task) for task in self._tasks))
         await self._redis.aclose()
 
 
