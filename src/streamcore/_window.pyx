@@ -32,6 +32,10 @@ cdef int64_t MAX_CHANNELS = 1 << 30
 # flush cost is noisy, and every move re-phases the grid, costing each busy channel one short window.
 cdef double DEAD_BAND = 1.1
 
+# A flush's cost is spread over at least this much wall time (1 ns): over a subnormal elapsed
+# time the sample is infinite while its weight is 0, and 0 * inf made the load NaN for good.
+cdef double MIN_ELAPSED_MS = 1e-6
+
 # 2**64 / golden ratio: Fibonacci hashing spreads consecutive ids as evenly as n points can be
 cdef uint64_t GOLDEN = <uint64_t>0x9E3779B97F4A7C15
 
@@ -78,10 +82,12 @@ cdef inline double rule_update(const Rule* r, double rate, int64_t events,
 cdef void flush_update(const Rule* r, FlushLoad* f, double cost_ms,
                        double elapsed_ms) noexcept nogil:
     # cost_ms of flush work spread over elapsed_ms > 0 of wall time
-    cdef double w = -expm1(-r.k * elapsed_ms)
-    cdef double sample = cost_ms / elapsed_ms
-    cdef double target
+    cdef double w, sample, target
     cdef double cur = f.length_ms
+    if elapsed_ms < MIN_ELAPSED_MS:
+        elapsed_ms = MIN_ELAPSED_MS
+    w = -expm1(-r.k * elapsed_ms)
+    sample = cost_ms / elapsed_ms
     f.load = f.load + w * (sample - f.load)
     # work per period barely depends on the period, so smoothing it does not feed back on L
     f.work_ms = f.work_ms + w * (sample * cur - f.work_ms)

@@ -784,3 +784,16 @@ def test_bad_observe(cls, args, error, message):
         w.wake(-1.0)
     with pytest.raises(StreamcoreTypeError, match="idle_ms must be a real number"):
         w.wake(None)
+
+
+@pytest.mark.parametrize("make", [WindowScheduler, ReferenceWindowScheduler])
+def test_a_flush_over_a_subnormal_elapsed_time_leaves_the_load_a_number(make):
+    # Found by test_scheduler_matches_reference: the sample was inf and its weight 0, and
+    # 0 * inf left the load NaN, after which the window never adapted again.
+    s = make(min_ms=30.0, max_ms=150.0)
+    s.touch_many(np.array([], dtype=np.int64), 0.0)  # the load's clock starts at 0
+    s.observe_flush(5e-324, 1.0)
+    assert math.isfinite(s.load)
+    for t in range(1, 200):  # a heavy load still widens the window afterwards
+        s.observe_flush(t * 10.0, 9.0)
+    assert s.length_ms == 150.0

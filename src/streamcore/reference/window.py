@@ -25,6 +25,9 @@ INT64_MAX = 2**63 - 1
 U64 = 2**64 - 1
 GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / golden ratio
 DEAD_BAND = 1.1  # the shared length moves only when its target is more than 10% away
+# A flush's cost is spread over at least 1 ns: over a subnormal elapsed time the sample is
+# infinite while its weight is 0, and 0 * inf would make the load NaN for good.
+MIN_ELAPSED_MS = 1e-6
 
 
 def _real(x: object, name: str) -> float:
@@ -128,6 +131,7 @@ class _FlushLoad:
 
     def update(self, cost_ms: float, elapsed_ms: float) -> None:
         r = self.rule
+        elapsed_ms = max(elapsed_ms, MIN_ELAPSED_MS)
         w = -math.expm1(-r.k * elapsed_ms)
         sample = cost_ms / elapsed_ms
         self.load += w * (sample - self.load)
