@@ -80,6 +80,11 @@ def websocket_not_found(http_default: ASGIApp) -> ASGIApp:
     return default
 
 
+# After uvicorn's 5 s for open connections, the app's shutdown and the interpreter's exit get
+# this long before the watchdog ends the process: well inside a supervisor's usual SIGKILL delay.
+EXIT_DEADLINE_S = 8.0
+
+
 def create_app(settings: Settings | None = None, *, own_process: bool = False) -> Starlette:
     """Create the app; resources open in its lifespan and close when it ends.
 
@@ -245,11 +250,6 @@ def create_app(settings: Settings | None = None, *, own_process: bool = False) -
     app.state.edge = edge.Edge(settings)  # validators only until the lifespan opens the purger
     app.state.openapi = build_document(operations, settings)
     return app
-
-
-# After uvicorn's 5 s for open connections, the app's shutdown and the interpreter's exit get
-# this long before the watchdog ends the process: well inside a supervisor's usual SIGKILL delay.
-EXIT_DEADLINE_S = 8.0
 
 
 def create_app_from_env() -> Starlette:

@@ -403,8 +403,5 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> ReplicaR
     await router.probe()
     task = asyncio.create_task(router.run(), name="replica-probe")
 
-    async def stop() -> None:
-        await background.stop(task)
-
-    stack.push_async_callback(stop)
+    stack.push_async_callback(background.stop, task)
     return router

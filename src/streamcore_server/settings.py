@@ -370,8 +370,8 @@ def _settings_error(exc: ValidationError) -> SettingsError:
         message = str(cause) if isinstance(cause, ValueError) else error["msg"]
         field = str(error["loc"][0]) if error["loc"] else ""
         name = _VARIABLE.get(field, field)
-        # A secret's value stays out of the message, which start-up prints.
-        # and so does the password in a URL.
+        # A secret's value stays out of the message, which start-up prints, and so does the
+        # password inside a URL.
         shown = "(hidden)" if field.lower() in _SECRET else repr(redacted(error["input"]))
         reasons.append(f"{name}={shown} is not valid: {message}")
     return SettingsError("; ".join(reasons))
