@@ -32,9 +32,14 @@ def server_env(workdir: Path, **extra: Any) -> dict[str, str]:
     }
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
+    """pid's child processes (forked by any of its threads); none once it is gone."""
     try:
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
     except OSError:
         return []
 
@@ -95,12 +100,12 @@ class ServeProcess:
             try:
                 if os.path.samefile(f"/proc/{pid}/exe", sys.executable):
                     return pid
-                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
             except OSError:
                 return pid  # gone: nothing left to find
-            if len(children) != 1:
+            found = children(pid)
+            if len(found) != 1:
                 break
-            pid = int(children[0])
+            pid = found[0]
         return self.proc.pid
 
     def kill(self) -> int:
@@ -137,7 +142,7 @@ class ServeProcess:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 # Workers first: a supervisor killed alone would leave them holding the port.
-                for child in _children(self.pid):
+                for child in children(self.pid):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(child, signal.SIGKILL)
                 os.kill(self.pid, signal.SIGKILL)

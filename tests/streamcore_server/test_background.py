@@ -16,9 +16,11 @@ from streamcore_server.metrics.registry import Snapshot
 
 async def test_a_task_that_swallows_a_cancel_is_stopped_all_the_same() -> None:
     swallowed = 0
+    running = asyncio.Event()
 
     async def retrying() -> None:
         nonlocal swallowed
+        running.set()
         while True:
             try:
                 await asyncio.sleep(30)
@@ -29,7 +31,7 @@ async def test_a_task_that_swallows_a_cancel_is_stopped_all_the_same() -> None:
                 raise
 
     task = asyncio.get_running_loop().create_task(retrying())
-    await asyncio.sleep(0)
+    await running.wait()  # a task cancelled before its first step would swallow nothing
     await asyncio.wait_for(background.stop(task), 5)
     assert task.cancelled() and swallowed == 2
 
@@ -38,8 +40,10 @@ async def test_a_task_that_never_ends_costs_the_stop_its_timeout_then_is_left(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     stubborn = True
+    running = asyncio.Event()
 
     async def swallows_every_cancel() -> None:
+        running.set()
         while True:
             try:
                 await asyncio.sleep(30)
@@ -49,7 +53,7 @@ async def test_a_task_that_never_ends_costs_the_stop_its_timeout_then_is_left(
                 raise
 
     task = asyncio.get_running_loop().create_task(swallows_every_cancel())
-    await asyncio.sleep(0)
+    await running.wait()
     started = asyncio.get_running_loop().time()
     await asyncio.wait_for(background.stop(task, timeout=0.3), 5)
     assert 0.3 <= asyncio.get_running_loop().time() - started < 3
@@ -67,7 +71,7 @@ async def test_no_task_and_a_failed_one_stop_at_once(caplog: pytest.LogCaptureFi
         raise RuntimeError("boom")
 
     task = asyncio.get_running_loop().create_task(fails())
-    await asyncio.sleep(0)
+    await asyncio.wait({task})  # failed before the stop
     with caplog.at_level(logging.WARNING):
         await background.stop(task)
     assert "failed before it stopped" in caplog.text

@@ -10,7 +10,7 @@ from typing import Any
 import httpx2
 import pytest
 import redis as sync_redis
-from processes import ServeProcess, server_env
+from processes import ServeProcess, children, server_env
 
 # tests/streamcore_server/realtime is a directory, not a package: imported as a namespace from
 # tests/streamcore_server.
@@ -106,13 +106,11 @@ def test_the_flag_overrides_workers_and_hands_uvicorn_the_factory(
 
 def worker_pids(parent: int) -> set[int]:
     """The uvicorn workers among the children of `parent` (multiprocessing spawns them)."""
-    pids: set[int] = set()
-    for task in Path(f"/proc/{parent}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-            if b"spawn_main" in cmdline:
-                pids.add(int(child))
-    return pids
+    return {
+        child
+        for child in children(parent)
+        if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes()
+    }
 
 
 def aggregated(server: ServeProcess) -> dict[str, Any]:
