@@ -343,6 +343,8 @@ class Hub:
         org.position = batch.last
         now = None
         for ch in org.channels:
+            conflator = ch.conflator
+            pushed = False
             for event in events:
                 if ch.properties is not None and event.property_id not in ch.properties:
                     continue
@@ -351,12 +353,13 @@ class Hub:
                         self.metrics.stale_dropped += 1
                         continue  # a newer snapshot of this entity is already in the stream
                     ch.versions[event.key] = event.version
-                conflator = ch.conflator
-                if conflator is None:
+                if conflator is None:  # made on the first event: an idle channel holds none
                     conflator = ch.conflator = Conflator()
                 conflator.push(
                     event.key if event.conflatable else None, event.payload, event.conflatable
                 )
+                pushed = True
+            if pushed:  # once per channel and batch, not per event
                 if now is None:
                     now = self.now_ms()
                 if ch.opened_ms is None:
