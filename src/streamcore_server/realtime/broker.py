@@ -29,6 +29,7 @@ from ..events import Event
 
 logger = logging.getLogger("streamcore_server.realtime.broker")
 
+
 class HistoryUnavailable(Exception):
     """The history cannot be read right now (the store is unreachable)."""
 
