@@ -184,6 +184,10 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # synchronous stays at its FULL default: a committed expense must survive a power cut.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
+    # A transaction's scratch (statement journals, RETURNING's rows, sorts) in memory: on disk
+    # SQLite made, wrote and unlinked a temp file in /var/tmp per shared commit. Only the
+    # database and its WAL are durable state.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 
