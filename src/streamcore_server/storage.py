@@ -38,6 +38,8 @@ from sqlalchemy.engine import Connection, Dialect, make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from . import sqlite_cursor
+
 log = logging.getLogger("streamcore_server.storage")
 
 UTC = dt.UTC
@@ -65,6 +67,19 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         assert isinstance(value, dt.datetime)
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        # process_result_value's work in one call a value, the dialect's parsing kept (the
+        # generic TypeDecorator makes two Python calls; a page reads two instants a row).
+        parse = self.impl_instance.result_processor(dialect, coltype)
+
+        def process(value: Any) -> dt.datetime | None:
+            if value is None:
+                return None
+            at: dt.datetime = value if parse is None else parse(value)  # type: ignore[assignment]
+            return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+        return process
 
 
 # Integer keys everywhere; SQLite only auto-increments a column typed exactly INTEGER.
@@ -179,6 +194,7 @@ def utcnow() -> dt.datetime:
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    sqlite_cursor.adopt(dbapi_connection)  # one hop to the driver's thread per statement
     cursor = dbapi_connection.cursor()
     # WAL lets readers run beside the one writer; SQLite leaves foreign keys off unless asked.
     # synchronous stays at its FULL default: a committed expense must survive a power cut.
