@@ -297,20 +297,28 @@ class Ledger:
         self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
         self._pg_write_many = _postgres_write_many(table.name, self.date.name)
         self._pg_keyed_write_many = _postgres_keyed_write_many(table.name, self.date.name)
+        # A record's fields by their place in a row of select(table): a Row's lookup by name
+        # cost more than the rest of building a page of 50 (profiled).
+        at = {c.name: i for i, c in enumerate(table.c)}
+        self._fields = tuple(
+            (field, at[column])
+            for field, column in (
+                ("id", "id"),
+                ("propertyId", "property_id"),
+                ("category", "category"),
+                ("amountCents", "amount_cents"),
+                ("currency", "currency"),
+                ("description", "description"),
+                (date_field, self.date.name),
+                ("paymentMode", "payment_mode"),
+                ("createdAt", "created_at"),
+                ("createdBy", "created_by"),
+            )
+        )
 
     def record(self, row: Any) -> dict[str, Any]:
-        return {
-            "id": row.id,
-            "propertyId": row.property_id,
-            "category": row.category,
-            "amountCents": row.amount_cents,
-            "currency": row.currency,
-            "description": row.description,
-            self.date_field: row._mapping[self.date.name],
-            "paymentMode": row.payment_mode,
-            "createdAt": row.created_at,
-            "createdBy": row.created_by,
-        }
+        """The API's form of a row of select(self.table)."""
+        return {field: row[at] for field, at in self._fields}
 
     async def create(
         self,
