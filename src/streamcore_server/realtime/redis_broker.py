@@ -504,7 +504,7 @@ class RedisBroker:
                 backoff = min(backoff * 2, 2.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
                     await client.aclose()
 
     async def _resync(self) -> None:
