@@ -68,9 +68,17 @@ class JsonFormatter(logging.Formatter):
 
     converter = time.gmtime  # type: ignore[assignment]  # timestamps are UTC, hence the Z
 
+    _second = -1
+    _second_text = ""
+
     def format(self, record: logging.LogRecord) -> str:
+        # Every request logs a line through here: strftime once a second, not once a line.
+        second = int(record.created)
+        if second != self._second:  # the timestamp's text changes once a second
+            self._second_text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = second
         entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "ts": f"{self._second_text}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -78,12 +86,11 @@ class JsonFormatter(logging.Formatter):
         rid = request_id.get()
         if rid is not None:
             entry["requestId"] = rid
-        for key, value in record.__dict__.items():
-            if key in _STANDARD or key.startswith("_"):
+        fields = record.__dict__
+        for key in [k for k in fields if k not in _STANDARD]:  # `extra=`, in its order
+            if key[0] == "_":
                 continue
-            if _secret_key(key):
-                value = "[redacted]"
-            entry[key] = value
+            entry[key] = "[redacted]" if _secret_key(key) else fields[key]
         if record.exc_info:
             entry["exc"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(entry, default=str).decode()

@@ -51,3 +51,23 @@ def test_uvicorns_handshake_lines_are_dropped() -> None:
         "uvicorn.error", logging.INFO, "x", 1, '%s - "WebSocket %s" [accepted]', args, None
     )
     assert not SecretFilter().filter(record)
+
+
+def test_each_line_carries_its_own_utc_instant_and_extra_fields_in_order() -> None:
+    formatter = JsonFormatter()
+
+    def line(created: float, **extra: object) -> dict[str, object]:
+        record = logging.makeLogRecord({"msg": "request", "levelname": "INFO", "name": "t"})
+        record.created, record.msecs = created, (created % 1) * 1000
+        record.__dict__.update(extra)
+        return dict(orjson.loads(formatter.format(record)))
+
+    # 2026-12-04T10:00:59.250Z, then 59.999 in the same second, then the next second and back.
+    at = 1796378459.25
+    assert line(at)["ts"] == "2026-12-04T10:00:59.250Z"
+    assert line(at + 0.749)["ts"] == "2026-12-04T10:00:59.999Z"
+    assert line(at + 1.0)["ts"] == "2026-12-04T10:01:00.250Z"
+    assert line(at - 3600)["ts"] == "2026-12-04T09:00:59.250Z"
+    fields = line(at, path="/p", status=201, _private=1, accessToken="x")
+    assert list(fields)[-3:] == ["path", "status", "accessToken"]
+    assert fields["accessToken"] == "[redacted]" and "_private" not in fields
