@@ -23,11 +23,10 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import accounts
+from . import accounts, redis_client
 from .errors import InvalidToken, TooManyRequests, Unauthorized
 from .openapi import Operation
 from .redis_client import Breaker
@@ -283,7 +282,9 @@ class SharedLoginThrottle:
                     keys=[self._key(key)], args=[self._window_ms, self.local.max_failures]
                 )
             )
-        except RedisError as exc:
+        except Exception as exc:
+            if not redis_client.is_error(exc):
+                raise
             self._breaker.failed(exc, self.PAUSE_S)
             return local
         self._breaker.ok()
@@ -301,7 +302,9 @@ class SharedLoginThrottle:
                     keys=[self._key(key)],
                     args=[self._window_ms, self.local.max_failures, uuid.uuid4().hex],
                 )
-        except RedisError as exc:
+        except Exception as exc:
+            if not redis_client.is_error(exc):
+                raise
             self._breaker.failed(exc, self.PAUSE_S)
             return
         self._breaker.ok()

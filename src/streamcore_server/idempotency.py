@@ -17,11 +17,9 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 from sqlalchemy import and_, bindparam, delete, or_, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql.asyncpg import dialect as asyncpg_dialect
@@ -33,6 +31,9 @@ from starlette.responses import Response
 from . import redis_client, storage
 from .settings import Settings
 from .storage import idempotency_records as T
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("streamcore_server.idempotency")
 
@@ -534,7 +535,6 @@ _RELEASE_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-_REDIS_FAILURES = (RedisError, OSError, asyncio.TimeoutError)
 
 
 class RedisStore:
@@ -543,6 +543,9 @@ class RedisStore:
     def __init__(
         self, client: aioredis.Redis, db: DatabaseStore, prefix: str, ttl_s: float
     ) -> None:
+        from redis.exceptions import RedisError  # loaded with the client, never before
+
+        self._failures = (RedisError, OSError, asyncio.TimeoutError)
         self.client = client
         self.db = db
         # A response leaves Redis before the database forgets it; a retry after that is
@@ -581,7 +584,7 @@ class RedisStore:
             value = b"C" + c.fingerprint.encode() + c.token.encode()
             try:
                 found = await self._claim(keys=[self._key(c)], args=[value, self.db.lease_ms])
-            except _REDIS_FAILURES as exc:
+            except self._failures as exc:
                 self._failed(exc)
             else:
                 self._ok()
@@ -612,7 +615,7 @@ class RedisStore:
         value = b"R" + c.fingerprint.encode() + b"%03d" % stored.status + stored.headers_blob()
         try:
             await self.client.set(self._key(c), value + b"\n" + stored.body, px=self.ttl_ms)
-        except _REDIS_FAILURES as exc:
+        except self._failures as exc:
             self._failed(exc)
 
     async def save(self, c: Claim, stored: Stored) -> Stored:
@@ -630,7 +633,7 @@ class RedisStore:
         value = b"C" + c.fingerprint.encode() + c.token.encode()
         try:
             await self._release(keys=[self._key(c)], args=[value])
-        except _REDIS_FAILURES as exc:
+        except self._failures as exc:
             self._failed(exc)
 
 

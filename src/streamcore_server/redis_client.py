@@ -3,15 +3,21 @@
 redis-py's default pool holds 100 connections and fails a command at once when all are busy:
 a thousand WebSocket clients dropping together then failed most of their lease releases. A
 blocking pool waits up to the command's own timeout instead, so a burst costs latency, not errors.
+
+redis-py is imported by `connect` and by the classes that talk to Redis, never at start-up: a
+server without REDIS_URL does not hold it (about 6 MB resident).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import redis.asyncio as aioredis
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 MAX_CONNECTIONS = 64  # per client; an app holds a few clients, each far from Redis's limit
 
@@ -24,6 +30,8 @@ def connect(
     max_connections: int = MAX_CONNECTIONS,
 ) -> aioredis.Redis:
     """A client whose pool waits at most `timeout` for a connection, then raises."""
+    import redis.asyncio as aioredis
+
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
@@ -32,6 +40,12 @@ def connect(
         socket_connect_timeout=connect_timeout,
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def is_error(exc: BaseException) -> bool:
+    """True for redis-py's errors; with redis-py not loaded, nothing raised can be one."""
+    errors = sys.modules.get("redis.exceptions")
+    return errors is not None and isinstance(exc, errors.RedisError)
 
 
 class Breaker:

@@ -11,11 +11,10 @@ from typing import Any
 from .. import redis_client
 from ..settings import Settings
 from .broker import LocalBroker
-from .caps import LocalCaps, RedisCaps
+from .caps import LocalCaps
 from .connections import CLOSE_SHUTDOWN
 from .endpoint import operations, websocket_routes
 from .hub import Hub
-from .redis_broker import RedisBroker
 
 __all__ = ["Hub", "operations", "start", "websocket_routes"]
 
@@ -40,6 +39,9 @@ async def start(app: Any, settings: Settings, stack: AsyncExitStack) -> Hub:
 
     broker: Any
     if settings.redis_url:
+        from .caps import RedisCaps
+        from .redis_broker import RedisBroker  # redis-py with them: only when Redis is used
+
         client = redis_client.connect(settings.redis_url, timeout=2.0)
         stack.push_async_callback(client.aclose)
         caps: Any = RedisCaps(

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Protocol
-
-import redis.asyncio as aioredis
+from typing import TYPE_CHECKING, Protocol
 
 from .. import background
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
 
 log = logging.getLogger("streamcore_server.realtime")
 
@@ -40,6 +41,9 @@ class CapExceeded(Exception):
 
 
 class ConnectionCaps(Protocol):
+    # What acquire raises when the counts cannot be read (the handshake then answers 503).
+    unavailable: tuple[type[BaseException], ...]
+
     async def acquire(self, lease: Lease) -> None:
         """Count the connection, or raise CapExceeded."""
 
@@ -55,6 +59,8 @@ class ConnectionCaps(Protocol):
 
 class LocalCaps:
     """Counts in this process only (no REDIS_URL)."""
+
+    unavailable: tuple[type[BaseException], ...] = ()  # always readable
 
     def __init__(self, per_user: int, per_org: int) -> None:
         self.per_user = per_user
@@ -129,6 +135,9 @@ class RedisCaps:
     def __init__(
         self, client: aioredis.Redis, prefix: str, per_user: int, per_org: int, lease_s: float
     ) -> None:
+        from redis.exceptions import RedisError  # loaded with the client, never before
+
+        self.unavailable = (RedisError, OSError)
         self.client = client
         self.prefix = prefix
         self.per_user = per_user

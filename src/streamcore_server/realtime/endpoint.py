@@ -16,7 +16,6 @@ from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
-from redis.exceptions import RedisError
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
@@ -176,7 +175,7 @@ async def stream(ws: WebSocket) -> None:
         lease = Lease(uuid.uuid4().hex, who.user_id, who.org_id)
         try:
             await state.caps.acquire(lease)
-        except (RedisError, OSError):
+        except state.caps.unavailable:
             # The shared counts cannot be read: refuse plainly rather than fail the handshake.
             lease = None
             metrics.refused_unavailable += 1
