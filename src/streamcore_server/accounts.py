@@ -8,6 +8,7 @@ import anyio.to_thread
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .passwords import hash_password
 from .storage import orgs, properties, users, utcnow
 
 DEMO_ORG = "Demo"
@@ -61,8 +62,6 @@ async def resolve_org(conn: AsyncConnection, ref: str) -> int:
 
 async def create_user(conn: AsyncConnection, org_id: int, email: str, password: str) -> int:
     """Create a user in an org, storing only the argon2id hash of the password."""
-    from .auth import hash_password
-
     email = normalise_email(email)
     if len(password) < 8 and password != DEMO_PASSWORD:
         raise AccountError("a password needs at least 8 characters")

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import os
@@ -19,8 +18,6 @@ from typing import Any
 
 import anyio.to_thread
 import jwt
-from argon2 import PasswordHasher
-from argon2.exceptions import InvalidHashError, VerificationError
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 from starlette.requests import Request
@@ -29,6 +26,7 @@ from starlette.responses import Response
 from . import accounts, redis_client
 from .errors import InvalidToken, TooManyRequests, Unauthorized
 from .openapi import Operation
+from .passwords import dummy_hash, verify_password
 from .redis_client import Breaker
 from .responses import OrjsonResponse
 from .validation import NO_NUL, no_nul, read_json
@@ -37,26 +35,6 @@ log = logging.getLogger("streamcore_server.auth")
 
 ALGORITHM = "HS256"
 ISSUER = "streamcore"
-_hasher = PasswordHasher()  # argon2id with the library's RFC 9106 low-memory profile
-
-
-@functools.cache
-def _dummy_hash() -> str:
-    # Verified against when the email is unknown, so both failures cost the same time.
-    return _hasher.hash(secrets.token_urlsafe(16))
-
-
-def hash_password(password: str) -> str:
-    """Hash a password with argon2id."""
-    return _hasher.hash(password)
-
-
-def verify_password(password_hash: str, password: str) -> bool:
-    """Check a password against its hash in constant time."""
-    try:
-        return _hasher.verify(password_hash, password)
-    except (VerificationError, InvalidHashError):
-        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -342,7 +320,7 @@ async def login(request: Request) -> Response:
             headers={"Retry-After": str(wait)},
         )
     user = await accounts.find_user(request.app.state.db, email)
-    stored_hash = user.password_hash if user else _dummy_hash()
+    stored_hash = user.password_hash if user else dummy_hash()
     ok = await anyio.to_thread.run_sync(verify_password, stored_hash, body.password)
     if not (ok and user):
         await throttle.record(key, ok=False)

@@ -12,8 +12,9 @@ from app_support import PASSWORD, SEED_EXPENSE, Api
 from sqlalchemy import select
 from waiting import eventually
 
-from streamcore_server.auth import Tokens, load_or_create_secret, verify_password
+from streamcore_server.auth import Tokens, load_or_create_secret
 from streamcore_server.errors import InvalidToken
+from streamcore_server.passwords import verify_password
 from streamcore_server.storage import users
 
 
