@@ -478,7 +478,7 @@ class GroupCommit:
                             job, _, future = self._pending.pop(0)
                             jobs.append(job)  # type: ignore[arg-type]  # sync: flagged True
                             current.append(future)
-                        outcomes = await _on_sqlite_thread(conn, _run_sync_jobs, jobs)
+                        outcomes = await on_sqlite_thread(conn, _run_sync_jobs, jobs)
                         done.extend(
                             (f, ok, v) for f, (ok, v) in zip(current, outcomes, strict=True)
                         )
@@ -527,7 +527,7 @@ class GroupCommit:
         jobs: list[SyncJob[Any]] = [job for job, _, _ in batch]  # type: ignore[misc]
         try:
             async with self.engine.connect() as conn:
-                outcomes = await _on_sqlite_thread(conn, _run_sync_batch, jobs)
+                outcomes = await on_sqlite_thread(conn, _run_sync_batch, jobs)
         except BaseException as exc:
             # BEGIN or COMMIT failed: nothing of this batch is stored.
             failed = exc if isinstance(exc, Exception) else RuntimeError("write batch cancelled")
@@ -568,7 +568,7 @@ def _run_sync_jobs(db: sqlite3.Connection, jobs: list[SyncJob[Any]]) -> list[tup
     return outcomes
 
 
-async def _on_sqlite_thread(conn: AsyncConnection, fn: Callable[..., T], *args: Any) -> T:
+async def on_sqlite_thread(conn: AsyncConnection, fn: Callable[..., T], *args: Any) -> T:
     """Call fn(sqlite3 connection, *args) on aiosqlite's thread, in one hop."""
     aio = await driver_connection(conn)
     # aiosqlite runs every call of a connection on that connection's one thread, in order;
