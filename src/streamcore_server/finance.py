@@ -665,7 +665,7 @@ class Ledger:
             rows = self.read_page_rows(db, compiled.string, args)
             return before[0], rows, db.execute(*version).fetchone()[0]
 
-        before, raw, after = await storage.on_sqlite_thread(conn, job)
+        before, raw, after = await storage.read_on_sqlite_thread(conn, job)
         if before is None or raw is None:
             return before, None, None
         procs = self._sqlite_row_procs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from typing import Any
 
@@ -132,5 +133,45 @@ async def test_another_orgs_property_and_an_unchanged_version_read_no_page(
                 conn, who, ListQuery(property_id=theirs), 5, lambda _: False
             )
             assert absent == (None, None, None) and pages == []
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("readers", [1, 4])
+async def test_page_reads_take_turns_on_sqlites_threads(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, readers: int
+) -> None:
+    import threading
+    import time
+
+    monkeypatch.setattr(storage, "SQLITE_READERS", readers)
+    engine = storage.create_engine(sqlite_url)
+    lock, active, most = threading.Lock(), [0], [0]
+    read_rows = EXPENSES.read_page_rows
+
+    def held(*args: Any) -> Any:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)  # holds the job so that reads which may overlap do
+        with lock:
+            active[0] -= 1
+        return read_rows(*args)
+
+    monkeypatch.setattr(finance.EXPENSES, "read_page_rows", held)
+    try:
+        await storage.migrate(engine)
+        async with engine.begin() as conn:
+            who, home, _, _ = await _seed(conn)
+
+        async def read() -> Any:
+            async with engine.connect() as conn:
+                q = ListQuery(property_id=home)
+                return await EXPENSES.page_on_sqlite(conn, who, q, 5, lambda _: False)
+
+        pages = await asyncio.gather(*(read() for _ in range(8)))
+        assert all(len(page[1][0]) == 5 for page in pages)
+        # One at a time as configured; with room for four, the held reads did overlap.
+        assert most[0] == 1 if readers == 1 else most[0] > 1
     finally:
         await engine.dispose()
