@@ -142,18 +142,22 @@ async def test_page_reads_take_turns_on_sqlites_threads(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch, readers: int
 ) -> None:
     import threading
-    import time
 
     monkeypatch.setattr(storage, "SQLITE_READERS", readers)
     engine = storage.create_engine(sqlite_url)
     lock, active, most = threading.Lock(), [0], [0]
+    overlapped = threading.Event()
     read_rows = EXPENSES.read_page_rows
 
     def held(*args: Any) -> Any:
         with lock:
             active[0] += 1
             most[0] = max(most[0], active[0])
-        time.sleep(0.02)  # holds the job so that reads which may overlap do
+            if active[0] > 1:
+                overlapped.set()
+        # Wait for a second read to run beside this one: with room for it, it comes (however
+        # busy the machine); one at a time, it never does, and each waits a short while for it.
+        overlapped.wait(10.0 if readers > 1 else 0.05)
         with lock:
             active[0] -= 1
         return read_rows(*args)
