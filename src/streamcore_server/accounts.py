@@ -102,14 +102,14 @@ async def find_user(engine: AsyncEngine, email: str) -> User | None:
     return User(int(row.id), int(row.org_id), row.email, row.password_hash) if row else None
 
 
-_TOTALS_VERSION = select(properties.c.totals_version).where(
+TOTALS_VERSION = select(properties.c.totals_version).where(
     properties.c.id == bindparam("property_id"), properties.c.org_id == bindparam("org_id")
 )
 
 
 async def totals_version(conn: AsyncConnection, property_id: int, org_id: int) -> int | None:
     """The property's totals version (writes so far), or None if it is not the org's."""
-    found = await conn.scalar(_TOTALS_VERSION, {"property_id": property_id, "org_id": org_id})
+    found = await conn.scalar(TOTALS_VERSION, {"property_id": property_id, "org_id": org_id})
     return None if found is None else int(found)
 
 

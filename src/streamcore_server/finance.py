@@ -10,7 +10,7 @@ import datetime as dt
 import re
 import sqlite3
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -297,8 +297,6 @@ class Ledger:
         self._pg_keyed_write = _postgres_keyed_write(table.name, self.date.name)
         self._pg_write_many = _postgres_write_many(table.name, self.date.name)
         self._pg_keyed_write_many = _postgres_keyed_write_many(table.name, self.date.name)
-        # A record's fields by their place in a row of select(table): a Row's lookup by name
-        # cost more than the rest of building a page of 50 (profiled).
         self._pages: dict[frozenset[str], Any] = {}  # the page's SELECT, by the filters it has
         self._sqlite_pages: dict[frozenset[str], Any] = {}  # the same compiled for SQLite
         # What SQLAlchemy would make of each column's stored value on SQLite (None: as stored).
@@ -308,6 +306,8 @@ class Ledger:
         )
         at = {c.name: i for i, c in enumerate(table.c)}
         self._date_at, self._id_at = at[self.date.name], at["id"]
+        # A record's fields by their place in a row of select(table): a Row's lookup by name
+        # cost more than the rest of building a page of 50 (profiled).
         self._fields = tuple(
             (field, at[column])
             for field, column in (
@@ -607,12 +607,15 @@ class Ledger:
             and not await accounts.property_in_org(conn, query.property_id, who.org_id)
         ):
             raise NotFound("Property not found.")
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = (
-            encode_cursor(rows[-1]._mapping[self.date.name], rows[-1].id) if more else None
-        )
-        return [self.record(r) for r in rows], next_cursor
+        return self._page_of(rows, limit)
+
+    def _page_of(self, rows: Sequence[Any], limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """Records of the first `limit` rows (of limit + 1 read), and the next page's cursor."""
+        records = [self.record(r) for r in rows[:limit]]
+        if len(rows) <= limit:
+            return records, None
+        last = rows[limit - 1]
+        return records, encode_cursor(last[self._date_at], last[self._id_at])
 
     @staticmethod
     def _page_params(who: Principal, query: ListQuery, limit: int) -> dict[str, Any]:
@@ -644,39 +647,32 @@ class Ledger:
         page of None: `unchanged(version)` said the caller has it (no page query is run).
         """
         params = self._page_params(who, query, limit)
-        compiled = self._sqlite_pages.get(frozenset(params))
+        filters = frozenset(params)
+        compiled = self._sqlite_pages.get(filters)
         if compiled is None:
-            compiled = self._page_statement(frozenset(params)).compile(dialect=_SQLITE_DIALECT)
-            self._sqlite_pages[frozenset(params)] = compiled
-        bound = compiled.construct_params(params)
-        args = [
-            _SQLITE_INSTANT(bound[name]) if name in _INSTANT_PARAMS else bound[name]
-            for name in compiled.positiontup or ()
-        ]
+            compiled = self._sqlite_pages[filters] = self._page_statement(filters).compile(
+                dialect=_SQLITE_DIALECT
+            )
+        page = _sqlite_statement(compiled, params)
         if query.property_id is None:
-            version: tuple[str, tuple[int, ...]] = (_SQLITE_ORG_VERSION, (who.org_id,))
+            version = _sqlite_statement(_SQLITE_ORG_VERSION, {"org_id": who.org_id})
         else:
-            version = (_SQLITE_PROPERTY_VERSION, (query.property_id, who.org_id))
+            keys = {"property_id": query.property_id, "org_id": who.org_id}
+            version = _sqlite_statement(_SQLITE_PROPERTY_VERSION, keys)
 
         def job(db: sqlite3.Connection) -> tuple[Any, list[Any] | None, Any]:
             before = db.execute(*version).fetchone()
             if before is None or unchanged(int(before[0])):
                 return None if before is None else before[0], None, None
-            rows = self.read_page_rows(db, compiled.string, args)
+            rows = self.read_page_rows(db, *page)
             return before[0], rows, db.execute(*version).fetchone()[0]
 
         before, raw, after = await storage.read_on_sqlite_thread(conn, job)
         if before is None or raw is None:
             return before, None, None
         procs = self._sqlite_row_procs
-        rows: list[tuple[Any, ...]] = [
-            tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=True)) for r in raw
-        ]
-        more = len(rows) > limit
-        rows = rows[:limit]
-        date_at, id_at = self._date_at, self._id_at
-        next_cursor = encode_cursor(rows[-1][date_at], rows[-1][id_at]) if more else None
-        return int(before), ([self.record(r) for r in rows], next_cursor), int(after)
+        rows = [tuple(v if p is None else p(v) for p, v in zip(procs, r, strict=True)) for r in raw]
+        return int(before), self._page_of(rows, limit), int(after)
 
     @staticmethod
     def read_page_rows(db: sqlite3.Connection, sql: str, args: list[Any]) -> list[Any]:
@@ -737,9 +733,24 @@ SET expenses_cents = expenses_cents + excluded.expenses_cents,
 # so rows written on the driver's thread read back like every other.
 _SQLITE_DIALECT = sqlite.dialect()
 _INSTANT_PARAMS = frozenset({"from_", "to", "after_date"})  # the page's bound instants
-# accounts.totals_version and edge.versions' org sum, for a job on SQLite's thread.
-_SQLITE_PROPERTY_VERSION = "SELECT totals_version FROM properties WHERE id = ? AND org_id = ?"
-_SQLITE_ORG_VERSION = "SELECT coalesce(sum(totals_version), 0) FROM properties WHERE org_id = ?"
+# The versions edge.versions.entries reads, compiled for a job on SQLite's thread.
+_SQLITE_PROPERTY_VERSION = accounts.TOTALS_VERSION.compile(dialect=_SQLITE_DIALECT)
+_SQLITE_ORG_VERSION = versions.ORG_VERSION.compile(dialect=_SQLITE_DIALECT)
+
+
+def _sqlite_args(compiled: Any, params: dict[str, Any]) -> list[Any]:
+    """A statement's values in its SQLite placeholders' order, instants as SQLite stores them."""
+    bound = compiled.construct_params(params)
+    return [
+        _SQLITE_INSTANT(bound[name]) if name in _INSTANT_PARAMS else bound[name]
+        for name in compiled.positiontup or ()
+    ]
+
+
+def _sqlite_statement(compiled: Any, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    return compiled.string, _sqlite_args(compiled, params)
+
+
 _SQLITE_INSTANT: Callable[[Any], Any] = storage.expenses.c.created_at.type._cached_bind_processor(
     sqlite.dialect()
 )  # type: ignore[assignment]

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from .. import accounts
 from ..storage import properties
 
-_ORG_VERSION = select(func.coalesce(func.sum(properties.c.totals_version), 0)).where(
+ORG_VERSION = select(func.coalesce(func.sum(properties.c.totals_version), 0)).where(
     properties.c.org_id == bindparam("org_id")
 )
 
@@ -27,4 +27,4 @@ async def entries(conn: AsyncConnection, org_id: int, property_id: int | None) -
     """Version of one property's entries, or of all the org's; None if not the org's property."""
     if property_id is not None:
         return await summary(conn, org_id, property_id)
-    return int(await conn.scalar(_ORG_VERSION, {"org_id": org_id}) or 0)
+    return int(await conn.scalar(ORG_VERSION, {"org_id": org_id}) or 0)
