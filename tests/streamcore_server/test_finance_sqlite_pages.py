@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from streamcore_server import accounts, finance, storage
 from streamcore_server.auth import Principal
@@ -49,6 +50,22 @@ async def _seed(conn: AsyncConnection) -> tuple[Principal, int, int, int]:
     return Principal(user, org, "a@example.com"), home, shop, theirs
 
 
+Seeded = tuple[AsyncEngine, Principal, int, int, int]
+
+
+@pytest.fixture
+async def seeded(sqlite_url: str) -> AsyncIterator[Seeded]:
+    """A migrated SQLite database with _seed's rows: (engine, who, home, shop, theirs)."""
+    engine = storage.create_engine(sqlite_url)
+    try:
+        await storage.migrate(engine)
+        async with engine.begin() as conn:
+            who, home, shop, theirs = await _seed(conn)
+        yield engine, who, home, shop, theirs
+    finally:
+        await engine.dispose()
+
+
 async def _all_pages(read: Any, query: dict[str, Any], limit: int) -> list[Any]:
     pages, cursor = [], None
     for _ in range(60):  # 24 rows: a read whose cursor never ends fails here, not hangs
@@ -75,40 +92,32 @@ async def _all_pages(read: Any, query: dict[str, Any], limit: int) -> list[Any]:
     ],
 )
 async def test_every_page_and_cursor_match_the_sqlalchemy_read(
-    sqlite_url: str, query: dict[str, Any]
+    seeded: Seeded, query: dict[str, Any]
 ) -> None:
-    engine = storage.create_engine(sqlite_url)
-    try:
-        await storage.migrate(engine)
-        async with engine.begin() as conn:
-            who, home, shop, _ = await _seed(conn)
-        named = {"home": home, "shop": shop}
-        query = {k: named.get(v, v) if k == "property_id" else v for k, v in query.items()}
-        async with engine.connect() as conn:
+    engine, who, home, shop, _ = seeded
+    named = {"home": home, "shop": shop}
+    query = {k: named.get(v, v) if k == "property_id" else v for k, v in query.items()}
+    async with engine.connect() as conn:
 
-            async def through_sqlalchemy(q: ListQuery, limit: int) -> Any:
-                return await EXPENSES.page(conn, who, q, limit)
+        async def through_sqlalchemy(q: ListQuery, limit: int) -> Any:
+            return await EXPENSES.page(conn, who, q, limit)
 
-            async def in_one_job(q: ListQuery, limit: int) -> Any:
-                first, page, last = await EXPENSES.page_on_sqlite(
-                    conn, who, q, limit, lambda _: False
-                )
-                expected = await versions.entries(conn, who.org_id, q.property_id)
-                assert first == last == expected
-                return page
+        async def in_one_job(q: ListQuery, limit: int) -> Any:
+            first, page, last = await EXPENSES.page_on_sqlite(conn, who, q, limit, lambda _: False)
+            expected = await versions.entries(conn, who.org_id, q.property_id)
+            assert first == last == expected
+            return page
 
-            for limit in (1, 4, 50):
-                expected = await _all_pages(through_sqlalchemy, query, limit)
-                assert await _all_pages(in_one_job, query, limit) == expected
-            assert sum(len(items) for items, _ in expected) > 0
-    finally:
-        await engine.dispose()
+        for limit in (1, 4, 50):
+            expected = await _all_pages(through_sqlalchemy, query, limit)
+            assert await _all_pages(in_one_job, query, limit) == expected
+        assert sum(len(items) for items, _ in expected) > 0
 
 
 async def test_another_orgs_property_and_an_unchanged_version_read_no_page(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = storage.create_engine(sqlite_url)
+    engine, who, home, _, theirs = seeded
     pages: list[object] = []
     read_rows = EXPENSES.read_page_rows
 
@@ -117,34 +126,28 @@ async def test_another_orgs_property_and_an_unchanged_version_read_no_page(
         return read_rows(*args)
 
     monkeypatch.setattr(finance.EXPENSES, "read_page_rows", counted)
-    try:
-        await storage.migrate(engine)
-        async with engine.begin() as conn:
-            who, home, _, theirs = await _seed(conn)
-        async with engine.connect() as conn:
-            seen: list[int] = []
-            mine = ListQuery(property_id=home)
-            version, page, again = await EXPENSES.page_on_sqlite(
-                conn, who, mine, 5, lambda v: seen.append(v) or True
-            )
-            assert (page, again, pages) == (None, None, [])
-            assert seen == [version] and version == await versions.entries(conn, who.org_id, home)
-            absent = await EXPENSES.page_on_sqlite(
-                conn, who, ListQuery(property_id=theirs), 5, lambda _: False
-            )
-            assert absent == (None, None, None) and pages == []
-    finally:
-        await engine.dispose()
+    async with engine.connect() as conn:
+        seen: list[int] = []
+        mine = ListQuery(property_id=home)
+        version, page, again = await EXPENSES.page_on_sqlite(
+            conn, who, mine, 5, lambda v: seen.append(v) or True
+        )
+        assert (page, again, pages) == (None, None, [])
+        assert seen == [version] and version == await versions.entries(conn, who.org_id, home)
+        absent = await EXPENSES.page_on_sqlite(
+            conn, who, ListQuery(property_id=theirs), 5, lambda _: False
+        )
+        assert absent == (None, None, None) and pages == []
 
 
 @pytest.mark.parametrize("readers", [1, 4])
 async def test_page_reads_take_turns_on_sqlites_threads(
-    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, readers: int
+    seeded: Seeded, monkeypatch: pytest.MonkeyPatch, readers: int
 ) -> None:
     import threading
 
-    monkeypatch.setattr(storage, "SQLITE_READERS", readers)
-    engine = storage.create_engine(sqlite_url)
+    monkeypatch.setattr(storage, "SQLITE_READERS", readers)  # before the engine's first read
+    engine, who, home, _, _ = seeded
     lock, active, most = threading.Lock(), [0], [0]
     overlapped = threading.Event()
     read_rows = EXPENSES.read_page_rows
@@ -163,19 +166,13 @@ async def test_page_reads_take_turns_on_sqlites_threads(
         return read_rows(*args)
 
     monkeypatch.setattr(finance.EXPENSES, "read_page_rows", held)
-    try:
-        await storage.migrate(engine)
-        async with engine.begin() as conn:
-            who, home, _, _ = await _seed(conn)
 
-        async def read() -> Any:
-            async with engine.connect() as conn:
-                q = ListQuery(property_id=home)
-                return await EXPENSES.page_on_sqlite(conn, who, q, 5, lambda _: False)
+    async def read() -> Any:
+        async with engine.connect() as conn:
+            q = ListQuery(property_id=home)
+            return await EXPENSES.page_on_sqlite(conn, who, q, 5, lambda _: False)
 
-        pages = await asyncio.gather(*(read() for _ in range(8)))
-        assert all(len(page[1][0]) == 5 for page in pages)
-        # One at a time as configured; with room for four, the held reads did overlap.
-        assert most[0] == 1 if readers == 1 else most[0] > 1
-    finally:
-        await engine.dispose()
+    pages = await asyncio.gather(*(read() for _ in range(8)))
+    assert all(len(page[1][0]) == 5 for page in pages)
+    # One at a time as configured; with room for four, the held reads did overlap.
+    assert most[0] == 1 if readers == 1 else most[0] > 1
